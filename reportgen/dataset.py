@@ -1,0 +1,233 @@
+"""Find a dataset's images and turn them into model-ready batches, like Keras's `flow_from_directory`.
+
+Layout: `root/<class>/**/<image>` (class indices in sorted folder order, images in sub-folders of a
+class folder belong to that class) or a flat `root/<image>` folder (no labels). Preprocessing
+matches `flow_from_directory`'s defaults: nearest-neighbour resize to the model's input size,
+RGB (or grayscale for 1-channel models), then multiply by `rescale`. Two deliberate differences,
+both about files Keras mishandles: the EXIF orientation is applied, and 16-bit images are scaled to
+8 bits instead of being passed through as 0..65535.
+
+A file that cannot be read is never fatal: it is recorded in `skipped` with a reason and the
+pass goes on. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from reportgen.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".tif", ".tiff", ".webp")
+# Pillow's own decompression-bomb threshold: above it Pillow warns, at twice it refuses. We refuse
+# from the header alone, before any pixel is decoded, so a 50,000 x 50,000 file costs nothing.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+_HIDDEN_DIRS = {"__MACOSX"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The image shape a model takes: height, width, channels (1 or 3)."""
+
+    height: int
+    width: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image file of the dataset. `index` is its position in dataset order (the tie-break order)."""
+
+    index: int
+    path: Path
+    rel: str  # path relative to the dataset root, with '/' separators
+    label: int | None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class Dataset:
+    root: Path
+    classes: list[str]  # empty for a flat folder
+    records: list[ImageRecord]
+    ignored: list[Skipped] = field(default_factory=list)  # files that are not images, or not in a class
+    skipped: list[Skipped] = field(default_factory=list)  # images that could not be read (filled by the pass)
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.classes)
+
+    @property
+    def class_indices(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.classes)}
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in _HIDDEN_DIRS
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """All non-hidden files below `folder`, sorted like Keras (by folder, then name); links to folders are not followed."""
+    found = []
+    for dirpath, dirnames, filenames in sorted(os.walk(folder), key=lambda entry: entry[0]):
+        dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if not _is_hidden(f))
+    return found
+
+
+def discover(root: Path | str) -> Dataset:
+    """List the dataset's images and classes. Raises UserError when there is nothing to work on."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{root}: no such folder (--data takes a folder of class folders, or of images)")
+    if not root.is_dir():
+        raise UserError(f"{root}: is a file, not a folder (--data takes a folder of class folders, or of images)")
+
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    class_dirs = [e for e in entries if e.is_dir(follow_symlinks=True) and not _is_hidden(e.name)]
+    loose = [Path(e.path) for e in entries if e.is_file() and not _is_hidden(e.name)]
+    ignored: list[Skipped] = []
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    records: list[ImageRecord] = []
+    classes: list[str] = []
+    if class_dirs:
+        classes = [e.name for e in class_dirs]
+        for label, entry in enumerate(class_dirs):
+            for path in _walk_files(Path(entry.path)):
+                if _is_image_name(path.name):
+                    records.append(ImageRecord(len(records), path, rel(path), label))
+                else:
+                    ignored.append(Skipped(rel(path), "not an image file (by its extension)"))
+        for path in loose:
+            ignored.append(Skipped(rel(path), "not inside a class folder"))
+    else:
+        for path in loose:
+            if _is_image_name(path.name):
+                records.append(ImageRecord(len(records), path, rel(path), None))
+            else:
+                ignored.append(Skipped(rel(path), "not an image file (by its extension)"))
+
+    if not records:
+        where = f"in its {len(classes)} class folder(s)" if classes else "in it"
+        raise UserError(
+            f"{root}: no images found {where} (looked for {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return Dataset(root=root, classes=classes, records=records, ignored=ignored)
+
+
+class BadImage(Exception):
+    """An image file that cannot be used; the message is the reason shown to the user."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16- and 32-bit integer images (16-bit PNG opens as 'I;16' or 'I') scaled to 8-bit grayscale."""
+    arr = np.asarray(img)
+    if arr.dtype.kind in "ui" and arr.size:
+        top = 65535 if arr.max() > 255 or img.mode.startswith("I;16") else 255
+        arr = np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8), mode="L")
+
+
+def load_pixels(path: Path, spec: InputSpec) -> np.ndarray:
+    """Decode one image file to uint8 [height, width, channels], as `flow_from_directory` would. Raises BadImage."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadImage(f"cannot read the file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise BadImage(f"{w} x {h} pixels is more than the {MAX_PIXELS:,}-pixel limit")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+                img = _to_8bit(img)
+            img = img.convert("RGB" if spec.channels == 3 else "L")
+            if img.size != (spec.width, spec.height):
+                img = img.resize((spec.width, spec.height), Image.Resampling.NEAREST)
+            arr = np.asarray(img, dtype=np.uint8)
+    except BadImage:
+        raise
+    except UnidentifiedImageError:
+        raise BadImage("not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise BadImage("too many pixels to decode safely") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImage(f"corrupt or truncated image ({exc})") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+@dataclass
+class Batch:
+    indices: np.ndarray  # int64 dataset indices of the images in this batch
+    pixels: np.ndarray  # uint8 [n, height, width, channels]; the model's input is pixels * rescale
+
+
+def iter_batches(
+    records: list[ImageRecord],
+    spec: InputSpec,
+    batch_size: int,
+    skipped: list[Skipped],
+    workers: int | None = None,
+) -> Iterator[Batch]:
+    """Decode `records` in a small thread pool and yield full batches in dataset order.
+
+    Bad files are appended to `skipped` and left out of the batches. At most a few batches are
+    decoded ahead, so memory does not grow with the dataset.
+    """
+    workers = workers or min(4, os.cpu_count() or 1)
+    ahead = max(2 * batch_size, 8)
+    pending: collections.deque = collections.deque()
+    todo = iter(records)
+    idx: list[int] = []
+    pix: list[np.ndarray] = []
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reportgen-decode") as pool:
+
+        def refill() -> None:
+            while len(pending) < ahead:
+                rec = next(todo, None)
+                if rec is None:
+                    return
+                pending.append((rec, pool.submit(load_pixels, rec.path, spec)))
+
+        refill()
+        while pending:
+            rec, future = pending.popleft()
+            refill()
+            try:
+                arr = future.result()
+            except BadImage as exc:
+                skipped.append(Skipped(rec.rel, str(exc)))
+                continue
+            idx.append(rec.index)
+            pix.append(arr)
+            if len(idx) == batch_size:
+                yield Batch(np.asarray(idx, dtype=np.int64), np.stack(pix))
+                idx, pix = [], []
+        if idx:
+            yield Batch(np.asarray(idx, dtype=np.int64), np.stack(pix))

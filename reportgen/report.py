@@ -1,0 +1,189 @@
+"""The plain data that the stages hand on, and report.json.
+
+model.py and scan.py fill these from TensorFlow; images.py, pages.py and writer.py read them and
+never see a tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Geometry:
+    """How a layer moves pixels around, for receptive fields (per axis: (height, width)).
+
+    op: "input", "window" (conv/pooling: kernel, stride, dilation, padding), "pad" / "crop"
+    (before: top/left amount), "pointwise" (same positions in, same out: activations, batch-norm,
+    merges), "model" (a nested model: its output layer stands for it) or "unknown".
+    """
+
+    op: str
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    padding: str = "valid"
+    before: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class LayerNode:
+    """One layer of the traced model graph (a nested model's layers appear as `outer/inner`)."""
+
+    name: str  # qualified name, unique in the graph
+    type: str  # Keras class name
+    output_shape: tuple  # with None for the batch size, as model.summary() prints it
+    params: int
+    depth: int  # 0 for the top model's layers, 1 inside a nested model, ...
+    parent: str | None  # qualified name of the nested model holding this layer
+    inputs: list[str]  # qualified names of the layers feeding this one ("" means the model's input)
+    input_shapes: list[tuple]
+    geometry: Geometry
+    is_map: bool  # a 4-D (batch, height, width, channels) output that gets a page
+    alias_of: str = ""  # for a nested model: the inner layer whose output is the model's output
+
+    @property
+    def channels(self) -> int:
+        return int(self.output_shape[-1])
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return int(self.output_shape[1]), int(self.output_shape[2])
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: str
+    input_shape: tuple
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+    nodes: list[LayerNode]  # every layer in graph order, summary rows included
+    num_outputs: int  # units of the (single) classification output
+    loss_name: str | None
+
+
+@dataclass
+class ReceptiveField:
+    """Where output position (row, col) of a layer looks in the input, per axis (height, width).
+
+    The box of (row, col) is centred at offset + (row, col) * stride and is `size` pixels wide,
+    in input pixel coordinates (pixel i spans [i, i+1)). When `exact` is False the layer stack
+    does not define it (upsampling, unknown layers, misaligned branches) and the box is the
+    grid cell: size = stride = input size / layer size.
+    """
+
+    size: tuple[float, float]
+    stride: tuple[float, float]
+    offset: tuple[float, float]
+    exact: bool
+    note: str = ""
+
+    def box(self, row: int, col: int) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) of the receptive field of position (row, col), unclipped."""
+        cy = self.offset[0] + row * self.stride[0]
+        cx = self.offset[1] + col * self.stride[1]
+        return (cx - self.size[1] / 2, cy - self.size[0] / 2, cx + self.size[1] / 2, cy + self.size[0] / 2)
+
+
+@dataclass
+class Histogram:
+    """Counts of one unit's per-image maximum: `nonpositive` images at or below 0, then
+    len(counts) equal bins over (0, hi]."""
+
+    nonpositive: int
+    hi: float
+    counts: list[int]
+
+
+@dataclass
+class TopEntry:
+    image: int  # dataset index
+    value: float
+    row: int
+    col: int
+
+
+@dataclass
+class UnitResult:
+    layer: str
+    channel: int
+    top: list[TopEntry]
+    histogram: Histogram
+
+    @property
+    def max_value(self) -> float:
+        return self.top[0].value if self.top else float("-inf")
+
+    @property
+    def dead(self) -> bool:
+        """Never active: its map is at or below zero everywhere, on every image of the dataset."""
+        return not self.top or self.top[0].value <= 0
+
+
+@dataclass
+class ProbeResult:
+    """The notebook's fixed unit: images ranked by one position's activation (--unit)."""
+
+    layer: str
+    row: int
+    col: int
+    channel: int
+    top: list[TopEntry]
+
+
+@dataclass
+class Metrics:
+    accuracy: float | None
+    loss: float | None
+    per_class: dict[str, float | None]
+    confusion: list[list[int]] | None
+    note: str
+    evaluated: int
+    mode: str  # "binary", "categorical" or "none"
+
+
+@dataclass
+class ScanResult:
+    """What the one pass over the dataset found."""
+
+    units: dict[str, list[UnitResult]]  # layer name -> per channel
+    probes: list[ProbeResult]
+    metrics: Metrics
+    num_images: int  # images read successfully
+
+
+@dataclass
+class ChosenImage:
+    """An image drawn through every layer (--image, or one from the dataset)."""
+
+    path: str  # as given, or relative to the dataset root
+    label: str | None
+    scores: list[float]  # the model's output
+    prediction: str
+    pixels: np.ndarray  # uint8 model input, [h, w, c]
+    maps: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # layer -> [h, w, c] float32
+
+
+def _clean(value):
+    """Floats rounded for stable, readable JSON; numpy scalars and tuples made plain."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        f = float(value)
+        if f != f or f in (float("inf"), float("-inf")):
+            return None
+        return float(f"{f:.7g}")
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def to_json(data: dict) -> bytes:
+    return (json.dumps(_clean(data), indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")

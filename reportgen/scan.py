@@ -1,0 +1,303 @@
+"""The passes that run the model: one streaming pass over the dataset, and the small follow-ups.
+
+`scan_dataset` is the single pass over every image. Per batch, inside one `tf.function`, it runs
+the tap model, reduces every map layer to a per-image, per-channel maximum and its position, and
+merges those with the running top K of every unit (and of every --unit probe). Only the small
+reductions leave the graph (the predictions and the [batch, units] maxima, for the metrics and
+the histograms); activation maps never do, so memory is O(units x K), flat in the dataset's size.
+
+`run_images` gives full maps for the few chosen images; `gallery_data` re-reads only the images
+that made some unit's top K, for their thumbnails and per-unit heatmaps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from reportgen.dataset import Dataset, ImageRecord, iter_batches  # noqa: E402
+from reportgen.model import TracedModel  # noqa: E402
+from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult  # noqa: E402
+from reportgen.stats import (  # noqa: E402
+    ConfusionCounter,
+    StreamingHistograms,
+    classification_mode,
+    predicted_classes,
+)
+
+log = logging.getLogger("reportgen")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """--unit LAYER:ROW:COL:CHANNEL"""
+
+    layer: str
+    row: int
+    col: int
+    channel: int
+
+
+def _merge_top_k(vals, ids, pos, new_vals, new_ids, new_pos, k: int):
+    """Merge a batch into running top-K lists. vals/ids/pos: [units, k]; new_*: [units, batch].
+
+    `top_k` puts the lower index first among equal values, and the running list (earlier images)
+    comes before the batch (in dataset order), so ties go to the earlier image.
+    """
+    all_vals = tf.concat([vals, new_vals], axis=1)
+    all_ids = tf.concat([ids, tf.broadcast_to(new_ids[None, :], tf.shape(new_vals))], axis=1)
+    all_pos = tf.concat([pos, new_pos], axis=1)
+    top = tf.math.top_k(all_vals, k=k, sorted=True)
+    return top.values, tf.gather(all_ids, top.indices, batch_dims=1), tf.gather(all_pos, top.indices, batch_dims=1)
+
+
+def _input(pixels, rescale: float):
+    return tf.cast(pixels, tf.float32) * rescale
+
+
+class _MiningStep:
+    """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K."""
+
+    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], rescale: float) -> None:
+        self.k = k
+        self.rescale = rescale
+        self.layers = traced.map_layers
+        index = {node.name: i for i, node in enumerate(self.layers)}
+        self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
+        self.tap = traced.tap
+        self.step = tf.function(self._step, reduce_retracing=True)
+
+    def initial_state(self):
+        def empty(units: int):
+            return (
+                tf.fill([units, self.k], tf.constant(-np.inf, tf.float32)),
+                tf.fill([units, self.k], tf.constant(-1, tf.int32)),
+                tf.zeros([units, self.k], tf.int32),
+            )
+
+        return tuple(empty(node.channels) for node in self.layers), tuple(empty(1) for _ in self.probe_slots)
+
+    def _step(self, pixels, ids, state):
+        unit_state, probe_state = state
+        outs = self.tap(_input(pixels, self.rescale), training=False)
+        preds, maps = outs[0], outs[1:]
+        new_units, batch_max = [], []
+        for a, (vals, top_ids, pos) in zip(maps, unit_state):
+            flat = tf.reshape(a, [tf.shape(a)[0], -1, a.shape[-1]])  # [batch, h*w, channels]
+            m = tf.reduce_max(flat, axis=1)
+            m = tf.where(tf.math.is_nan(m), tf.constant(-np.inf, m.dtype), m)
+            where = tf.argmax(flat, axis=1, output_type=tf.int32)  # first position of the maximum
+            batch_max.append(m)
+            new_units.append(_merge_top_k(vals, top_ids, pos, tf.transpose(m), ids, tf.transpose(where), self.k))
+        new_probes = []
+        for (li, row, col, ch), (vals, top_ids, pos) in zip(self.probe_slots, probe_state):
+            v = maps[li][:, row, col, ch][None, :]
+            v = tf.where(tf.math.is_nan(v), tf.constant(-np.inf, v.dtype), v)
+            here = tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32))
+            new_probes.append(_merge_top_k(vals, top_ids, pos, v, ids, here, self.k))
+        return preds, tf.concat(batch_max, axis=1), (tuple(new_units), tuple(new_probes))
+
+
+class _LossMeter:
+    """The compiled loss, averaged over images the way `model.evaluate` reports it (regularisation included)."""
+
+    def __init__(self, model: keras.Model, mode: str, num_outputs: int) -> None:
+        self.fn = None
+        self.total = 0.0
+        self.count = 0
+        loss = getattr(model, "loss", None)
+        if loss is None or mode == "none" or isinstance(loss, (list, dict)):
+            return
+        try:
+            self.fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+        except Exception:  # an unknown custom loss: report no loss rather than a wrong one
+            log.warning("the model's loss %r is not known to Keras here; loss is not reported", loss)
+            return
+        name = loss if isinstance(loss, str) else getattr(loss, "name", getattr(loss, "__name__", ""))
+        self.sparse = "sparse" in str(name).lower()
+        self.num_outputs = num_outputs
+        self.mode = mode
+        self.regularization = float(sum(float(x) for x in model.losses)) if model.losses else 0.0
+
+    def update(self, labels: np.ndarray, preds) -> None:
+        if self.fn is None:
+            return
+        if self.mode == "binary":
+            y = labels.astype(np.float32)[:, None]
+        elif self.sparse:
+            y = labels.astype(np.int64)
+        else:
+            y = np.eye(self.num_outputs, dtype=np.float32)[labels]
+        value = np.asarray(self.fn(y, preds), dtype=np.float64)
+        self.total += float(value.sum()) if value.ndim else float(value) * len(labels)
+        self.count += len(labels)
+
+    def result(self) -> float | None:
+        if self.fn is None or not self.count:
+            return None
+        return self.total / self.count + self.regularization
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    return tqdm(total=total, desc=desc, unit="img", disable=quiet, leave=False, dynamic_ncols=True)
+
+
+def scan_dataset(
+    traced: TracedModel,
+    dataset: Dataset,
+    *,
+    top_k: int = 16,
+    batch_size: int = 32,
+    rescale: float = 1 / 255,
+    probes: list[Probe] | None = None,
+    quiet: bool = False,
+) -> ScanResult:
+    """The one pass over the dataset: metrics, histograms and every unit's top K. Fills dataset.skipped."""
+    probes = probes or []
+    miner = _MiningStep(traced, top_k, probes, rescale)
+    state = miner.initial_state()
+    units_per_layer = [node.channels for node in traced.map_layers]
+    histograms = StreamingHistograms(sum(units_per_layer))
+    mode, note = classification_mode(traced.info.num_outputs, len(dataset.classes))
+    confusion = ConfusionCounter(len(dataset.classes)) if mode != "none" else None
+    loss = _LossMeter(traced.model, mode, traced.info.num_outputs)
+    labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
+    seen = 0
+    with _progress(len(dataset.records), "scanning dataset", quiet) as bar:
+        for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped):
+            preds, maxima, state = miner.step(tf.constant(batch.pixels), tf.constant(batch.indices, tf.int32), state)
+            histograms.update(maxima.numpy())
+            if confusion is not None:
+                scores = preds.numpy()
+                batch_labels = labels[batch.indices]
+                confusion.update(batch_labels, predicted_classes(scores, mode))
+                loss.update(batch_labels, preds)
+            seen += len(batch.indices)
+            bar.update(seen + len(dataset.skipped) - bar.n)
+    if seen == 0:
+        from reportgen.errors import UserError
+
+        raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read (see the reasons above)")
+
+    unit_state, probe_state = state
+    units: dict[str, list[UnitResult]] = {}
+    offset = 0
+    for node, (vals, ids, pos) in zip(traced.map_layers, unit_state):
+        width = node.spatial[1]
+        vals, ids, pos = vals.numpy(), ids.numpy(), pos.numpy()
+        units[node.name] = [
+            UnitResult(
+                layer=node.name,
+                channel=c,
+                top=_entries(vals[c], ids[c], pos[c], width),
+                histogram=histograms.result(offset + c),
+            )
+            for c in range(node.channels)
+        ]
+        offset += node.channels
+    probe_results = []
+    for probe, (vals, ids, pos) in zip(probes, probe_state):
+        width = traced.map_layers[[n.name for n in traced.map_layers].index(probe.layer)].spatial[1]
+        probe_results.append(
+            ProbeResult(probe.layer, probe.row, probe.col, probe.channel, _entries(vals.numpy()[0], ids.numpy()[0], pos.numpy()[0], width))
+        )
+
+    if confusion is not None:
+        metrics = confusion.metrics(dataset.classes, mode, note, loss.result())
+    else:
+        metrics = Metrics(accuracy=None, loss=None, per_class={}, confusion=None, note=note, evaluated=0, mode=mode)
+    return ScanResult(units=units, probes=probe_results, metrics=metrics, num_images=seen)
+
+
+def _entries(vals: np.ndarray, ids: np.ndarray, pos: np.ndarray, width: int) -> list[TopEntry]:
+    return [
+        TopEntry(image=int(i), value=float(v), row=int(p) // width, col=int(p) % width)
+        for v, i, p in zip(vals, ids, pos)
+        if i >= 0
+    ]
+
+
+def run_images(traced: TracedModel, pixels: np.ndarray, rescale: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Full outputs for a few images: (scores [n, outputs], one [n, h, w, c] array per map layer)."""
+    outs = traced.tap(_input(pixels, rescale), training=False)
+    return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]]
+
+
+@dataclass
+class GalleryData:
+    """What the unit pages draw: a thumbnail per image that made some top K, and the heatmaps."""
+
+    pixels: dict[int, np.ndarray]  # dataset index -> uint8 [h, w, c] model input
+    heat: dict[str, np.ndarray]  # layer -> uint8 [channels, k, h', w'], 255 = the unit's top value
+    missing: list[int]  # images that made a top K but could not be read again
+
+
+def gallery_data(
+    traced: TracedModel,
+    dataset: Dataset,
+    scan: ScanResult,
+    *,
+    top_k: int,
+    batch_size: int,
+    rescale: float,
+    heat_side: int = 48,
+    quiet: bool = False,
+) -> GalleryData:
+    """Re-read only the images in some top-K list, for thumbnails and per-unit heatmaps.
+
+    Heatmaps are the unit's map on that image, area-downsampled in the graph to at most
+    `heat_side` pixels a side and scaled so 255 is the unit's top value over the dataset.
+    """
+    wanted: dict[int, list[tuple[int, int, int]]] = {}  # image -> [(layer index, channel, rank)]
+    sizes = []
+    for li, node in enumerate(traced.map_layers):
+        h, w = node.spatial
+        scale = max(1, -(-max(h, w) // heat_side))
+        sizes.append((-(-h // scale), -(-w // scale)))
+        for unit in scan.units[node.name]:
+            for rank, entry in enumerate(unit.top):
+                wanted.setdefault(entry.image, []).append((li, unit.channel, rank))
+    for probe in scan.probes:
+        for entry in probe.top:
+            wanted.setdefault(entry.image, [])
+    heat = {
+        node.name: np.zeros((node.channels, top_k) + sizes[li], dtype=np.uint8)
+        for li, node in enumerate(traced.map_layers)
+    }
+    peaks = [
+        np.array([max(u.max_value, 0.0) for u in scan.units[node.name]], dtype=np.float32)
+        for node in traced.map_layers
+    ]
+
+    @tf.function(reduce_retracing=True)
+    def small_maps(pixels):
+        outs = traced.tap(_input(pixels, rescale), training=False)
+        return [tf.image.resize(a, size, method="area") if size != tuple(a.shape[1:3]) else a for a, size in zip(outs[1:], sizes)]
+
+    records: list[ImageRecord] = [dataset.records[i] for i in sorted(wanted)]
+    pixels: dict[int, np.ndarray] = {}
+    failed: list = []
+    with _progress(len(records), "drawing top images", quiet) as bar:
+        for batch in iter_batches(records, traced.spec, batch_size, failed):
+            maps = [m.numpy() for m in small_maps(tf.constant(batch.pixels))]
+            for b, image in enumerate(batch.indices):
+                image = int(image)
+                pixels[image] = batch.pixels[b]
+                for li, channel, rank in wanted[image]:
+                    peak = peaks[li][channel]
+                    if peak > 0:
+                        m = np.clip(maps[li][b, :, :, channel] / peak, 0, 1)
+                        heat[traced.map_layers[li].name][channel, rank] = np.round(m * 255).astype(np.uint8)
+            bar.update(len(pixels) + len(failed) - bar.n)
+    missing = sorted(set(wanted) - set(pixels))
+    if missing:
+        log.warning("%d image(s) could not be read a second time for the galleries", len(missing))
+    return GalleryData(pixels=pixels, heat=heat, missing=missing)

@@ -1,0 +1,113 @@
+"""Streaming statistics on small per-batch arrays: unit histograms and classification metrics.
+
+They see per-image numbers only (a unit's maximum, a prediction), never activation maps, and
+their memory does not grow with the dataset. Pure numpy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from reportgen.report import Histogram, Metrics
+
+HISTOGRAM_BINS = 32  # a power of two, so that doubling the range merges bins exactly
+
+
+class StreamingHistograms:
+    """One histogram per unit of the per-image maxima, with a range that grows by doubling.
+
+    Each unit counts values <= 0 apart, and splits (0, hi] into HISTOGRAM_BINS equal bins, where
+    hi is a power of two above the largest value seen. When a larger value arrives, hi doubles
+    (as often as needed) and pairs of bins merge, so counts stay exact for the final bins.
+    """
+
+    def __init__(self, units: int) -> None:
+        self.counts = np.zeros((units, HISTOGRAM_BINS), dtype=np.int64)
+        self.hi = np.zeros(units, dtype=np.float64)  # 0: nothing positive seen yet
+        self.nonpositive = np.zeros(units, dtype=np.int64)
+
+    def update(self, values: np.ndarray) -> None:
+        """values: [batch, units] per-image maxima."""
+        values = np.asarray(values, dtype=np.float64)
+        positive = values > 0  # NaN compares False: counted with the non-positive
+        self.nonpositive += (~positive).sum(axis=0)
+        peak = np.where(positive, values, 0).max(axis=0, initial=0.0)
+        for unit in np.nonzero(peak >= self.hi)[0]:
+            self._grow(unit, peak[unit])
+        rows, cols = np.nonzero(positive)
+        if rows.size:
+            bins = np.floor(values[rows, cols] / self.hi[cols] * HISTOGRAM_BINS).astype(np.int64)
+            np.clip(bins, 0, HISTOGRAM_BINS - 1, out=bins)
+            np.add.at(self.counts, (cols, bins), 1)
+
+    def _grow(self, unit: int, peak: float) -> None:
+        if peak <= 0:
+            return
+        new_hi = 2.0 ** (math.floor(math.log2(peak)) + 1)  # strictly above peak
+        if self.hi[unit] == 0:
+            self.hi[unit] = new_hi
+            return
+        doublings = int(round(math.log2(new_hi / self.hi[unit])))
+        if doublings <= 0:
+            return
+        group = 2 ** min(doublings, int(math.log2(HISTOGRAM_BINS)))
+        merged = self.counts[unit].reshape(-1, group).sum(axis=1)
+        self.counts[unit] = 0
+        self.counts[unit, : merged.size] = merged
+        self.hi[unit] = new_hi
+
+    def result(self, unit: int) -> Histogram:
+        return Histogram(
+            nonpositive=int(self.nonpositive[unit]),
+            hi=float(self.hi[unit]),
+            counts=[int(c) for c in self.counts[unit]],
+        )
+
+
+def classification_mode(num_outputs: int, num_classes: int) -> tuple[str, str]:
+    """How predictions map to the dataset's classes: ("binary" | "categorical" | "none", note)."""
+    if num_classes == 0:
+        return "none", "the dataset is a flat folder with no class folders, so there are no labels to score against"
+    if num_outputs == 0:
+        return "none", "the model does not end in a single (batch, classes) output, so accuracy is not defined"
+    if num_outputs == 1 and num_classes == 2:
+        return "binary", ""
+    if num_outputs == num_classes and num_outputs > 1:
+        return "categorical", ""
+    return "none", (
+        f"the model has {num_outputs} output unit{'s' if num_outputs != 1 else ''} but the dataset has "
+        f"{num_classes} class folder{'s' if num_classes != 1 else ''}, so accuracy is not computed"
+    )
+
+
+def predicted_classes(scores: np.ndarray, mode: str) -> np.ndarray:
+    """Binary: score > 0.5 is class 1 (as Keras's BinaryAccuracy); otherwise the argmax."""
+    if mode == "binary":
+        return (scores[:, 0] > 0.5).astype(np.int64)
+    return np.argmax(scores, axis=1).astype(np.int64)
+
+
+class ConfusionCounter:
+    def __init__(self, num_classes: int) -> None:
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, labels: np.ndarray, predicted: np.ndarray) -> None:
+        np.add.at(self.matrix, (labels, predicted), 1)
+
+    def metrics(self, classes: list[str], mode: str, note: str, loss: float | None) -> Metrics:
+        m = self.matrix
+        total = int(m.sum())
+        per_class = {
+            name: (float(m[i, i] / m[i].sum()) if m[i].sum() else None) for i, name in enumerate(classes)
+        }
+        return Metrics(
+            accuracy=float(np.trace(m) / total) if total else None,
+            loss=loss,
+            per_class=per_class,
+            confusion=m.tolist(),
+            note=note if total else (note or "no labelled image could be read"),
+            evaluated=total,
+            mode=mode,
+        )
