@@ -9,7 +9,10 @@ public API only: `keras.Model(inputs=..., outputs=[...])`.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,21 +249,25 @@ def load_model(path: Path | str, unsafe: bool = False) -> keras.Model:
     else:
         raise UserError(f"{path}: is not a Keras model file (expected a .keras zip or an HDF5 .h5 file)")
     if kind == "HDF5" and path.suffix.lower() not in (".h5", ".hdf5"):
-        path_for_keras = path  # Keras picks the format by suffix; tell it plainly below if it refuses
-    else:
-        path_for_keras = path
+        raise UserError(f"{path}: is an HDF5 file; name it with the .h5 extension so Keras reads it as a legacy model")
+    if kind == "keras" and path.suffix.lower() != ".keras":
+        raise UserError(f"{path}: is a zip file; a native Keras model file ends in .keras")
     try:
         try:
-            model = keras.models.load_model(path_for_keras, safe_mode=not unsafe)
-        except Exception as exc:  # a model that loads but whose training config does not: keep the weights
-            if "compile" not in str(exc).lower() and "optimizer" not in str(exc).lower():
+            model = _load(path, unsafe)
+        except Exception as exc:
+            repaired = _repaired_legacy_copy(path) if kind == "HDF5" and not _is_safety_refusal(exc) else None
+            if repaired is None:
                 raise
-            model = keras.models.load_model(path_for_keras, safe_mode=not unsafe, compile=False)
+            try:
+                model = _load(repaired, unsafe)
+            finally:
+                shutil.rmtree(repaired.parent, ignore_errors=True)
     except UserError:
         raise
     except Exception as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if "safe_mode" in message or "unsafe" in message.lower() or "lambda" in message.lower():
+        if _is_safety_refusal(exc):
             raise UserError(
                 f"{path}: the model holds Python code (a Lambda layer) that would run when it loads, and Keras's safe mode refuses it; "
                 "pass --unsafe only if you trust this file"
@@ -271,6 +278,67 @@ def load_model(path: Path | str, unsafe: bool = False) -> keras.Model:
     if not isinstance(model, keras.Model):
         raise UserError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def _is_safety_refusal(exc: BaseException) -> bool:
+    return "safe_mode" in str(exc)
+
+
+def _load(path: Path, unsafe: bool) -> keras.Model:
+    # Keras logs through absl about optimizer state it could not restore; we never train, so hush it.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        return keras.models.load_model(path, safe_mode=not unsafe)
+    except Exception as exc:  # the weights load but the training config does not: keep the weights
+        text = str(exc).lower()
+        if "compile" not in text and "optimizer" not in text:
+            raise
+        return keras.models.load_model(path, safe_mode=not unsafe, compile=False)
+
+
+def _legacy_fixes(config, nested: bool = False):
+    """Two known gaps of Keras 3's reader for tf.keras 2 HDF5 files (keras-team/keras#20084), in a
+    model nested inside another: BatchNormalization's `axis: [3]`, and single-input/output lists
+    `[["name", 0, 0]]` that make the inner model return a list."""
+    if isinstance(config, list):
+        return [_legacy_fixes(item, nested) for item in config]
+    if not isinstance(config, dict):
+        return config
+    fixed = {}
+    for key, value in config.items():
+        if nested and key == "axis" and isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        elif nested and key in ("input_layers", "output_layers") and isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
+            value = value[0]
+        else:
+            value = _legacy_fixes(value, nested or key == "layers")
+        fixed[key] = value
+    return fixed
+
+
+def _repaired_legacy_copy(path: Path) -> Path | None:
+    """A temporary copy of a tf.keras 2 HDF5 file with _legacy_fixes applied, or None if nothing changes."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+        if raw is None:
+            return None
+        config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except Exception:
+        return None
+    fixed = _legacy_fixes(config)
+    if fixed == config:
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="reportgen-legacy-"))
+    copy = folder / path.name
+    shutil.copyfile(path, copy)
+    with h5py.File(copy, "r+") as f:
+        f.attrs["model_config"] = json.dumps(fixed).encode("utf-8")
+    return copy
 
 
 def _input_spec(model: keras.Model, path: Path | str) -> InputSpec:
