@@ -13,11 +13,34 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ log lines (oneDNN notices) are noise on a user's terminal; Python errors still raise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Some notices are printed to fd 2 while TensorFlow loads, before its log level applies."""
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        saved = None
+    if saved is not None:
+        os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+_import_tensorflow_quietly()
 
 import keras  # noqa: E402
 
@@ -287,13 +310,15 @@ def _is_safety_refusal(exc: BaseException) -> bool:
 def _load(path: Path, unsafe: bool) -> keras.Model:
     # Keras logs through absl about optimizer state it could not restore; we never train, so hush it.
     logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        return keras.models.load_model(path, safe_mode=not unsafe)
-    except Exception as exc:  # the weights load but the training config does not: keep the weights
-        text = str(exc).lower()
-        if "compile" not in text and "optimizer" not in text:
-            raise
-        return keras.models.load_model(path, safe_mode=not unsafe, compile=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Skipping variable loading for optimizer ...": same reason
+        try:
+            return keras.models.load_model(path, safe_mode=not unsafe)
+        except Exception as exc:  # the weights load but the training config does not: keep the weights
+            text = str(exc).lower()
+            if "compile" not in text and "optimizer" not in text:
+                raise
+            return keras.models.load_model(path, safe_mode=not unsafe, compile=False)
 
 
 def _legacy_fixes(config, nested: bool = False):

@@ -13,10 +13,9 @@ that made some unit's top K, for their thumbnails and per-unit heatmaps.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from reportgen.model import TracedModel  # first: it loads TensorFlow quietly
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -24,7 +23,6 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from reportgen.dataset import Dataset, ImageRecord, iter_batches  # noqa: E402
-from reportgen.model import TracedModel  # noqa: E402
 from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult  # noqa: E402
 from reportgen.stats import (  # noqa: E402
     ConfusionCounter,

@@ -111,3 +111,16 @@ class ConfusionCounter:
             evaluated=total,
             mode=mode,
         )
+
+
+def prediction_text(scores: np.ndarray, classes: list[str], mode: str) -> str:
+    """The chosen image's prediction in words, e.g. 'dogs (output 0.931)'."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size == 1:
+        p = float(scores[0])
+        if mode == "binary":
+            return f"{classes[int(p > 0.5)]} (output {p:.3f})"
+        return f"output {p:.3f}"
+    best = int(np.argmax(scores))
+    name = classes[best] if mode == "categorical" else f"output {best}"
+    return f"{name} ({float(scores[best]):.3f})"

@@ -1,0 +1,201 @@
+"""`reportgen build`: the stages in order.
+
+    check --out -> read the dataset listing -> load and trace the model -> choose images
+    -> one pass over the dataset (metrics, histograms, top K) -> maps of the chosen images
+    -> thumbnails and heatmaps of the top images -> receptive fields -> assemble the site
+    -> check its links -> write it atomically
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from reportgen.dataset import BadImage, Dataset, discover, load_pixels
+from reportgen.errors import UserError
+from reportgen.receptive import receptive_fields
+from reportgen.report import ChosenImage
+from reportgen.site import SiteInput, assemble_site, broken_links
+from reportgen.stats import classification_mode, prediction_text
+from reportgen.writer import check_target, write_site
+
+log = logging.getLogger("reportgen")
+
+
+@dataclass
+class BuildOptions:
+    model: Path
+    data: Path
+    out: Path
+    images: list[Path] = field(default_factory=list)
+    seed: int = 0
+    batch_size: int = 32
+    max_channels: int | None = None
+    force: bool = False
+    top_k: int = 16
+    units: list[str] = field(default_factory=list)  # LAYER:ROW:COL:CHANNEL
+    rescale: float = 1 / 255
+    unsafe: bool = False
+    quiet: bool = False
+    timestamp: bool = False
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    files: int
+    bytes: int
+    report: dict
+
+
+def parse_unit(text: str) -> tuple[str, int, int, int]:
+    """'LAYER:ROW:COL:CHANNEL' (the layer name may itself hold ':' or '/')."""
+    parts = text.rsplit(":", 3)
+    if len(parts) != 4 or not parts[0]:
+        raise UserError(f"--unit {text!r}: expected LAYER:ROW:COL:CHANNEL, e.g. conv2d_1:3:4:17")
+    try:
+        row, col, channel = (int(p) for p in parts[1:])
+    except ValueError:
+        raise UserError(f"--unit {text!r}: ROW, COL and CHANNEL must be whole numbers") from None
+    return parts[0], row, col, channel
+
+
+def _probes(specs: list[str], traced):
+    from reportgen.scan import Probe
+
+    layers = {n.name: n for n in traced.map_layers}
+    probes = []
+    for text in specs:
+        name, row, col, channel = parse_unit(text)
+        node = layers.get(name)
+        if node is None:
+            names = ", ".join(list(layers)[:12]) + (", ..." if len(layers) > 12 else "")
+            raise UserError(f"--unit {text!r}: no layer with feature maps is called {name!r} (there are: {names})")
+        h, w = node.spatial
+        if not (0 <= row < h and 0 <= col < w and 0 <= channel < node.channels):
+            raise UserError(
+                f"--unit {text!r}: {name} has {h} rows, {w} columns and {node.channels} channels (counting from 0)"
+            )
+        probes.append(Probe(name, row, col, channel))
+    return probes
+
+
+def _label_of(path: Path, dataset: Dataset) -> str | None:
+    if not dataset.classes:
+        return None
+    try:
+        rel = path.resolve().relative_to(dataset.root.resolve())
+    except ValueError:
+        return None
+    return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in dataset.class_indices else None
+
+
+def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str, str | None, np.ndarray]]:
+    """(shown path, class or None, pixels) of each image drawn through the network."""
+    chosen = []
+    if opts.images:
+        for path in opts.images:
+            if not path.is_file():
+                raise UserError(f"--image {path}: no such file")
+            try:
+                pixels = load_pixels(path, spec)
+            except BadImage as exc:
+                raise UserError(f"--image {path}: {exc}") from None
+            chosen.append((str(path), _label_of(path, dataset), pixels))
+        return chosen
+    order = list(range(len(dataset.records)))
+    random.Random(opts.seed).shuffle(order)
+    for i in order:
+        rec = dataset.records[i]
+        try:
+            pixels = load_pixels(rec.path, spec)
+        except BadImage:
+            continue  # listed as skipped by the pass
+        label = dataset.classes[rec.label] if rec.label is not None else None
+        return [(rec.rel, label, pixels)]
+    raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read")
+
+
+def build(opts: BuildOptions) -> BuildResult:
+    out = Path(opts.out)
+    keep = {"dataset": Path(opts.data), "model file": Path(opts.model)}
+    check_target(out, opts.force, keep)  # fail before the long pass, not after it
+    started = time.time()
+
+    dataset = discover(opts.data)
+    log.info("dataset %s: %d image files%s", dataset.root, len(dataset.records),
+             f" in {len(dataset.classes)} classes" if dataset.classes else " (flat folder, no labels)")
+
+    from reportgen.model import load_model, trace_model  # TensorFlow loads here, after the cheap checks
+    from reportgen.scan import gallery_data, run_images, scan_dataset
+
+    model = load_model(opts.model, unsafe=opts.unsafe)
+    traced = trace_model(model, opts.model)
+    probes = _probes(opts.units, traced)
+    picked = choose_images(opts, dataset, traced.spec)
+
+    scan = scan_dataset(
+        traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, probes=probes, quiet=opts.quiet
+    )
+    for skipped in dataset.skipped:
+        log.warning("skipped %s: %s", skipped.path, skipped.reason)
+    if scan.metrics.note:
+        log.warning("evaluation: %s", scan.metrics.note)
+
+    mode, _ = classification_mode(traced.info.num_outputs, len(dataset.classes))
+    pixels = np.stack([p for _, _, p in picked])
+    scores, maps = run_images(traced, pixels, opts.rescale)
+    chosen = [
+        ChosenImage(
+            path=shown,
+            label=label,
+            scores=[float(s) for s in scores[i]],
+            prediction=prediction_text(scores[i], dataset.classes, mode),
+            pixels=pixels[i],
+            maps={node.name: maps[j][i] for j, node in enumerate(traced.map_layers)},
+        )
+        for i, (shown, label, _) in enumerate(picked)
+    ]
+    gallery = gallery_data(
+        traced, dataset, scan, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, quiet=opts.quiet
+    )
+    spec = traced.spec
+    fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
+
+    options = {
+        "top_k": opts.top_k,
+        "batch_size": opts.batch_size,
+        "rescale": opts.rescale,
+        "seed": opts.seed,
+        "max_channels": opts.max_channels,
+        "images": [str(p) for p in opts.images] or "one drawn at random (seed)",
+        "units": list(opts.units),
+    }
+    footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
+    files = assemble_site(
+        SiteInput(
+            info=traced.info,
+            dataset=dataset,
+            scan=scan,
+            chosen=chosen,
+            fields=fields,
+            thumbnails=gallery.pixels,
+            heat=gallery.heat,
+            top_k=opts.top_k,
+            max_channels=opts.max_channels,
+            options=options,
+            footer_note=footer,
+        )
+    )
+    broken = broken_links(files)
+    if broken:  # a bug of ours, not the user's: stop before anything is written
+        raise RuntimeError("the site has broken links:\n" + "\n".join(broken[:20]))
+    write_site(out, files, force=opts.force, keep=keep)
+    size = sum(len(b) for b in files.values())
+    return BuildResult(out=out, files=len(files), bytes=size, report=json.loads(files["report.json"]))

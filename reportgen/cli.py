@@ -1,0 +1,134 @@
+"""Command line: `reportgen build ...` and `reportgen demo ...` (also `python -m reportgen`).
+
+Exit status: 0 done, 2 bad input or usage (one line `error: ...` on stderr, no traceback),
+130 interrupted (nothing half-written is left behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from reportgen import __version__
+from reportgen.errors import UserError
+
+log = logging.getLogger("reportgen")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _rescale(text: str) -> float:
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (e.g. 0.00392 or 1/255)") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="reportgen", description="A static site of what a Keras image classifier computes, layer by layer and unit by unit.")
+    parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{build,demo}")
+
+    b = sub.add_parser("build", help="build the site for your model and image folder", description="Run a Keras model over an image folder in one pass and write a static site.")
+    b.add_argument("--model", required=True, type=Path, help="the model: .keras, or legacy .h5 (tf.keras 2)")
+    b.add_argument("--data", required=True, type=Path, help="DIR/<class>/* like flow_from_directory, or a flat folder of images")
+    b.add_argument("--out", required=True, type=Path, help="folder to write the site into (replaced as a whole when done)")
+    b.add_argument("--image", action="append", default=[], type=Path, metavar="PATH", help="an image to draw through every layer (repeatable); default: one from the dataset, drawn with --seed")
+    b.add_argument("--seed", type=_int, default=0, help="seed for the image drawn from the dataset (default 0)")
+    b.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    b.add_argument("--max-channels", type=_positive_int, default=None, metavar="N", help="draw only the first N channels of each layer's feature maps")
+    b.add_argument("--top-k", type=_positive_int, default=16, metavar="K", help="top images kept per unit (default 16)")
+    b.add_argument("--unit", action="append", default=[], metavar="LAYER:ROW:COL:CHANNEL", help="also rank images by one position of one channel, as the notebook did (repeatable)")
+    b.add_argument("--rescale", type=_rescale, default=1 / 255, help="pixel scale factor, as flow_from_directory's rescale (default 1/255)")
+    b.add_argument("--force", action="store_true", help="replace --out even if it is a folder that reportgen did not write")
+    b.add_argument("--unsafe", action="store_true", help="allow loading models that run Python code (Lambda layers); only for files you trust")
+    b.add_argument("--timestamp", action="store_true", help="print the build time in the page footers (off: builds are byte-identical)")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages, only errors")
+
+    d = sub.add_parser("demo", help="train the embedded faces-vs-non-faces CNN and build its site (offline)", description="Build the sample site from scikit-image's bundled LFW photographs, offline.")
+    d.add_argument("--out", required=True, type=Path, help="folder to write the site into")
+    d.add_argument("--workdir", type=Path, default=None, help="keep the demo's data/train folder and model here (default: a temporary folder)")
+    d.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default: the demo's own)")
+    d.add_argument("--seed", type=_int, default=0, help="seed for data order, initial weights and the chosen image (default 0)")
+    d.add_argument("--force", action="store_true", help="replace --out even if it is a folder that reportgen did not write")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages, only errors")
+    return parser
+
+
+def _on_sigterm(signum, frame):  # `kill`: unwind like Ctrl-C so the temporary folder is removed
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.INFO, format="reportgen: %(message)s", stream=sys.stderr, force=True
+    )
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        if args.command == "build":
+            from reportgen.build import BuildOptions, build
+
+            result = build(
+                BuildOptions(
+                    model=args.model, data=args.data, out=args.out, images=args.image, seed=args.seed,
+                    batch_size=args.batch_size, max_channels=args.max_channels, force=args.force, top_k=args.top_k,
+                    units=args.unit, rescale=args.rescale, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
+                )
+            )
+        else:
+            from reportgen.demo import run_demo
+
+            result = run_demo(args.out, workdir=args.workdir, epochs=args.epochs, seed=args.seed, force=args.force, quiet=args.quiet)
+        log.info("wrote %s (%d files, %.1f MB): open %s", result.out, result.files, result.bytes / 1e6, result.out / "index.html")
+        return 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
