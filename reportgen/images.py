@@ -2,7 +2,7 @@
 
     normalize_map(map)            the notebook's per-channel normalisation, safe on dead channels
     feature_grid(maps)            all channels of a layer tiled in rows, with its layout
-    heat_sprite(maps)             a unit's top-K heatmaps stacked into one strip
+    heat_sprite(maps)             a unit's top-K heatmaps stacked into one grey strip
     unit_overlay(rf, ...)         grid lines, argmax cell and receptive-field box for one image
     encode_png / encode_jpeg      deterministic bytes (no metadata, no timestamps)
 """
@@ -26,7 +26,6 @@ def _lut(name: str) -> np.ndarray:
 
 
 VIRIDIS = _lut("viridis")
-JET = _lut("jet")
 DEAD_MARK = np.array([230, 40, 40], dtype=np.uint8)
 GRID_BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
 
@@ -119,10 +118,15 @@ def _cross(tile: np.ndarray) -> None:
         tile[y, max(0, w - 1 - x - t + 1) : w - x + t - 1] = DEAD_MARK
 
 
-def heat_sprite(maps: np.ndarray) -> np.ndarray:
-    """A unit's heatmaps ([k, h, w] uint8) coloured with jet and stacked vertically: [k*h, w, 3]."""
-    maps = np.asarray(maps, dtype=np.uint8)
-    return JET[maps.reshape(-1, maps.shape[-1])]
+def heat_sprite(maps: np.ndarray, floor: int = 80) -> np.ndarray:
+    """A unit's heatmaps ([k, h, w] uint8, 255 = the unit's top value) stacked vertically: [k*h, w].
+
+    Grey levels for a multiply blend over the image, as Network Dissection shows a unit's
+    region: bright where the unit fires, dark (but not black: `floor`) elsewhere.
+    """
+    maps = np.asarray(maps, dtype=np.uint16)
+    levels = floor + maps * (255 - floor) // 255
+    return levels.reshape(-1, maps.shape[-1]).astype(np.uint8)
 
 
 def as_rgb(pixels: np.ndarray) -> np.ndarray:

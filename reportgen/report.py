@@ -186,4 +186,7 @@ def _clean(value):
 
 
 def to_json(data: dict) -> bytes:
-    return (json.dumps(_clean(data), indent=1, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+    """Compact JSON, one top-level key per line so that diffs of two reports stay readable."""
+    data = _clean(data)
+    lines = [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}" for k, v in data.items()]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")

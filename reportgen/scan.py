@@ -246,7 +246,7 @@ def gallery_data(
     top_k: int,
     batch_size: int,
     rescale: float,
-    heat_side: int = 48,
+    heat_side: int = 32,
     quiet: bool = False,
 ) -> GalleryData:
     """Re-read only the images in some top-K list, for thumbnails and per-unit heatmaps.

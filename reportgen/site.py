@@ -21,7 +21,7 @@ import numpy as np
 
 from reportgen import __version__
 from reportgen.dataset import Dataset
-from reportgen.images import content_name, encode_png, encode_thumbnail, feature_grid, grid_lines, heat_sprite, unit_overlay
+from reportgen.images import content_name, encode_png, encode_thumbnail, feature_grid, heat_sprite, unit_overlay
 from reportgen.report import ChosenImage, LayerNode, ModelInfo, ReceptiveField, ScanResult, UnitResult, to_json
 
 LAYER_DIR = "layers"
@@ -233,7 +233,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
         ov = unit_overlay(si.fields[node.name], input_hw, node.spatial, row, col)
         return {"cell": ov.cell, "box": ov.box, "clipped": ov.box_clipped}
 
-    def gallery(node: LayerNode, entries, sprite: str | None) -> list[dict]:
+    def gallery(node: LayerNode, entries, with_heat: bool = False) -> list[dict]:
         n = len(entries)
         cards = []
         for rank, entry in enumerate(entries):
@@ -245,8 +245,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
                     "row": entry.row,
                     "col": entry.col,
                     "overlay": overlay_view(node, entry.row, entry.col),
-                    "sprite": sprite,
-                    "sprite_size": n * 100,
+                    "sprite": with_heat,
                     "sprite_pos": 0 if n <= 1 else round(rank / (n - 1) * 100, 4),
                 }
             )
@@ -268,14 +267,10 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
         return ctx
 
     def grid_pattern(node: LayerNode) -> dict:
-        gx, gy = grid_lines(input_hw, node.spatial)
-        cell = (input_hw[1] / node.spatial[1], input_hw[0] / node.spatial[0])
-        return {
-            "cw": cell[0],
-            "ch": cell[1],
-            "stroke": max(input_hw) / 180,
-            "dense": min(cell) < 4,  # lines closer than 4 input pixels hide the image: off by default
-        }
+        rows, cols = node.spatial
+        cell = (input_hw[0] / rows, input_hw[1] / cols)
+        # lines closer than 8 input pixels would hide the image: drawn only when asked for
+        return {"rows": rows, "cols": cols, "ch": cell[0], "cw": cell[1], "dense": min(cell) < 8}
 
     pages: dict[str, str] = {}
     unit_template = env.get_template("unit.html")
@@ -290,7 +285,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
             sprite = None
             if heat is not None and unit.top and not unit.dead:
                 sprite = assets.add("heat", encode_png(heat_sprite(heat[unit.channel, : len(unit.top)])), "png")
-            cards = gallery(node, unit.top, sprite)
+            cards = gallery(node, unit.top, with_heat=sprite is not None)
             class_counts = collections.Counter(c["label"] for c in cards if c["label"] is not None)
             pages[page] = unit_template.render(
                 page_context(
@@ -298,6 +293,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
                     layer=lv,
                     unit=unit,
                     cards=cards,
+                    sprite=sprite,
                     pattern=pattern,
                     input_hw=input_hw,
                     class_counts=[(name, class_counts.get(name, 0)) for name in classes],
@@ -322,7 +318,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
                 page,
                 probe=probe,
                 layer=by_name[probe.layer],
-                cards=gallery(node, probe.top, None),
+                cards=gallery(node, probe.top),
                 pattern=grid_pattern(node),
                 input_hw=input_hw,
             )
@@ -457,20 +453,32 @@ def report_data(si: SiteInput, layer_views: list[dict], probe_views: list[dict])
     }
 
 
+_CSS_URL = re.compile(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)")
+
+
 class _LinkParser(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.links: list[str] = []
         self.ids: set[str] = set()
+        self._in_style = False
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.links += _CSS_URL.findall(data)
 
     def handle_starttag(self, tag, attrs):
+        self._in_style = tag == "style"
         for name, value in attrs:
             if name in ("href", "src") and value is not None:
                 self.links.append(value)
             if name == "id" and value:
                 self.ids.add(value)
-            if name == "style" and value and "url(" in value:
-                self.links += re.findall(r"url\(['\"]?([^'\")]+)['\"]?\)", value)
+            if name == "style" and value:
+                self.links += _CSS_URL.findall(value)
 
 
 def broken_links(files: dict[str, bytes]) -> list[str]:
