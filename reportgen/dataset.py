@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -159,7 +160,7 @@ def load_pixels(path: Path, spec: InputSpec) -> np.ndarray:
         with Image.open(path) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
-                raise BadImage(f"{w} x {h} pixels is more than the {MAX_PIXELS:,}-pixel limit")
+                raise BadImage(f"{w} x {h} = {w * h:,} pixels is more than the {MAX_PIXELS:,}-pixel limit")
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
@@ -172,8 +173,10 @@ def load_pixels(path: Path, spec: InputSpec) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image Pillow can read") from None
-    except Image.DecompressionBombError:
-        raise BadImage("too many pixels to decode safely") from None
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
+        raise BadImage(f"{size} is more than the {MAX_PIXELS:,}-pixel limit") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImage(f"corrupt or truncated image ({exc})") from None
     if arr.ndim == 2:

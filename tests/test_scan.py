@@ -1,0 +1,223 @@
+"""The one pass: top-K per unit and per probe against brute force, metrics against hand computation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from badfiles import make_dataset
+from conftest import load_like_keras, tiny_sequential
+
+
+def _dead_first_channel(model) -> None:
+    """Make c1's channel 0 dead: negative weights and bias on non-negative pixels -> ReLU gives 0 everywhere."""
+    conv = model.get_layer("c1")
+    kernel, bias = conv.get_weights()
+    kernel[..., 0] = -abs(kernel[..., 0]) - 0.01
+    bias[0] = -1.0
+    conv.set_weights([kernel, bias])
+
+
+def _dataset_with_duplicates(root: Path) -> None:
+    make_dataset(root, {"cats": 9, "dogs": 8})
+    # Identical copies under later names: equal scores, so ties must go to the earlier image.
+    shutil.copy(root / "cats" / "img_002.png", root / "dogs" / "zz_copy_of_cat_002.png")
+    shutil.copy(root / "cats" / "img_005.png", root / "cats" / "zz_copy_of_cat_005.png")
+
+
+def _brute_force(traced, dataset, batch_size, k):
+    """Full maps for every image (same batches as the pass), then plain numpy sorting."""
+    from reportgen.dataset import iter_batches
+    from reportgen.scan import run_images
+
+    per_layer = {n.name: [] for n in traced.map_layers}
+    ids = []
+    for batch in iter_batches(dataset.records, traced.spec, batch_size, []):
+        _, maps = run_images(traced, batch.pixels, 1 / 255)
+        ids.extend(batch.indices.tolist())
+        for node, m in zip(traced.map_layers, maps):
+            per_layer[node.name].append(m)
+    expected = {}
+    for node in traced.map_layers:
+        maps = np.concatenate(per_layer[node.name])  # [n, h, w, c]
+        n, h, w, c = maps.shape
+        flat = maps.reshape(n, h * w, c)
+        for ch in range(c):
+            scores = flat[:, :, ch].max(axis=1)
+            first_pos = flat[:, :, ch].argmax(axis=1)  # numpy: first occurrence
+            # Highest score first; among equal scores, the earlier image in dataset order.
+            order = sorted(range(n), key=lambda i: (-scores[i], ids[i]))[:k]
+            expected[(node.name, ch)] = [(ids[i], scores[i], first_pos[i] // w, first_pos[i] % w) for i in order]
+    return expected, per_layer, ids
+
+
+@pytest.mark.parametrize("batch_size", [4, 7])
+def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size):
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import scan_dataset
+
+    model = tiny_sequential()
+    _dead_first_channel(model)
+    _dataset_with_duplicates(tmp_path / "data")
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    k = 5
+    result = scan_dataset(traced, dataset, top_k=k, batch_size=batch_size, quiet=True)
+    expected, _, _ = _brute_force(traced, dataset, batch_size, k)
+
+    for node in traced.map_layers:
+        for unit in result.units[node.name]:
+            want = expected[(node.name, unit.channel)]
+            got = [(e.image, e.value, e.row, e.col) for e in unit.top]
+            assert [g[0] for g in got] == [w[0] for w in want], (node.name, unit.channel)
+            np.testing.assert_array_equal([g[1] for g in got], np.array([w[1] for w in want], dtype=np.float32))
+            assert [(g[2], g[3]) for g in got] == [(int(w[2]), int(w[3])) for w in want]
+
+    dead = result.units["c1"][0]
+    assert dead.dead and dead.max_value == 0.0
+    assert [e.image for e in dead.top] == [0, 1, 2, 3, 4]  # all tie at 0: dataset order
+    assert all((e.row, e.col) == (0, 0) for e in dead.top)  # all positions tie: the first one
+    # The duplicated images score exactly alike; wherever both are in a list, the original comes first.
+    original = next(r.index for r in dataset.records if r.rel == "cats/img_002.png")
+    copy = next(r.index for r in dataset.records if r.rel == "dogs/zz_copy_of_cat_002.png")
+    assert original < copy
+    for units in result.units.values():
+        for unit in units:
+            images = [e.image for e in unit.top]
+            assert len(set(images)) == len(images)  # each image at most once
+            if original in images and copy in images:
+                assert images.index(original) < images.index(copy)
+
+
+def test_probe_matches_brute_force(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import Probe, scan_dataset
+
+    model = tiny_sequential()
+    make_dataset(tmp_path / "data", {"a": 7, "b": 6})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    probe = Probe("c2", 2, 1, 3)
+    result = scan_dataset(traced, dataset, top_k=4, batch_size=5, probes=[probe], quiet=True)
+    _, per_layer, ids = _brute_force(traced, dataset, 5, 4)
+    values = np.concatenate(per_layer["c2"])[:, 2, 1, 3]
+    order = sorted(range(len(ids)), key=lambda i: (-values[i], ids[i]))[:4]
+    got = result.probes[0].top
+    assert [e.image for e in got] == [ids[i] for i in order]
+    np.testing.assert_array_equal([e.value for e in got], values[order])
+    assert all((e.row, e.col) == (2, 1) for e in got)
+
+
+def test_metrics_match_hand_computation_and_keras_evaluate(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import scan_dataset
+
+    model = tiny_sequential()
+    make_dataset(tmp_path / "data", {"cats": 10, "dogs": 7})
+    dataset = discover(tmp_path / "data")
+    result = scan_dataset(trace_model(model), dataset, top_k=3, batch_size=4, quiet=True)
+
+    x = load_like_keras([r.path for r in dataset.records])
+    y = np.array([r.label for r in dataset.records])
+    p = model.predict(x, verbose=0)[:, 0]
+    predicted = (p > 0.5).astype(int)
+    confusion = [[int(np.sum((y == t) & (predicted == q))) for q in (0, 1)] for t in (0, 1)]
+    m = result.metrics
+    assert m.mode == "binary"
+    assert m.confusion == confusion
+    assert m.accuracy == pytest.approx(np.mean(predicted == y))
+    assert m.per_class["cats"] == pytest.approx(np.mean(predicted[y == 0] == 0))
+    assert m.per_class["dogs"] == pytest.approx(np.mean(predicted[y == 1] == 1))
+    # binary cross-entropy by hand (Keras clips probabilities to [eps, 1 - eps])
+    eps = 1e-7
+    pc = np.clip(p.astype(np.float64), eps, 1 - eps)
+    assert m.loss == pytest.approx(np.mean(-(y * np.log(pc) + (1 - y) * np.log(1 - pc))), rel=1e-4)
+    loss, accuracy = model.evaluate(x, y, verbose=0, batch_size=4)
+    assert m.loss == pytest.approx(loss, rel=1e-4)
+    assert m.accuracy == pytest.approx(accuracy)
+
+
+def test_softmax_argmax_and_class_mismatch(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import scan_dataset
+
+    make_dataset(tmp_path / "three", {"a": 4, "b": 5, "c": 3})
+    dataset = discover(tmp_path / "three")
+    model = tiny_sequential(outputs=3)
+    result = scan_dataset(trace_model(model), dataset, top_k=2, batch_size=5, quiet=True)
+    x = load_like_keras([r.path for r in dataset.records])
+    y = np.array([r.label for r in dataset.records])
+    predicted = model.predict(x, verbose=0).argmax(axis=1)
+    assert result.metrics.mode == "categorical"
+    assert result.metrics.accuracy == pytest.approx(np.mean(predicted == y))
+    assert result.metrics.loss == pytest.approx(model.evaluate(x, y, verbose=0)[0], rel=1e-4)
+
+    seven = tiny_sequential(outputs=7)
+    result = scan_dataset(trace_model(seven), dataset, top_k=2, batch_size=5, quiet=True)
+    assert result.metrics.accuracy is None and result.metrics.loss is None
+    assert "7 output units" in result.metrics.note and "3 class folders" in result.metrics.note
+    assert all(len(u.top) == 2 for u in result.units["c1"])  # everything else still computed
+
+
+def test_histograms_are_exact(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import scan_dataset
+    from reportgen.stats import HISTOGRAM_BINS
+
+    model = tiny_sequential()
+    make_dataset(tmp_path / "data", {"a": 11, "b": 10})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    result = scan_dataset(traced, dataset, top_k=3, batch_size=6, quiet=True)
+    _, per_layer, _ = _brute_force(traced, dataset, 6, 3)
+    for node in traced.map_layers:
+        maxima = np.concatenate(per_layer[node.name]).max(axis=(1, 2)).astype(np.float64)
+        for unit in result.units[node.name]:
+            v = maxima[:, unit.channel]
+            h = unit.histogram
+            assert h.nonpositive == int(np.sum(v <= 0))
+            if h.hi:
+                assert h.hi > v.max() and h.hi / 2 <= v.max()  # smallest power of two above the max
+                edges = np.linspace(0, h.hi, HISTOGRAM_BINS + 1)
+                counts, _ = np.histogram(v[v > 0], bins=edges)
+                assert h.counts == counts.tolist()
+            assert sum(h.counts) + h.nonpositive == len(v)
+
+
+def test_streaming_histogram_growth_is_exact():
+    from reportgen.stats import HISTOGRAM_BINS, StreamingHistograms
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.uniform(0, 0.01, 50), rng.uniform(0, 5, 50), rng.uniform(-2, 300, 50), [0.0, np.nan]])
+    hist = StreamingHistograms(1)
+    for chunk in np.array_split(values, 9):
+        hist.update(chunk[:, None])
+    h = hist.result(0)
+    finite = values[np.isfinite(values)]
+    assert h.hi == 512.0
+    assert h.nonpositive == int(np.sum(~(values > 0)))
+    counts, _ = np.histogram(finite[finite > 0], bins=np.linspace(0, 512, HISTOGRAM_BINS + 1))
+    assert h.counts == counts.tolist()
+
+
+def test_flat_folder_has_no_labels(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import scan_dataset
+    from badfiles import make_rgb_png
+
+    for i in range(5):
+        make_rgb_png(tmp_path / "flat" / f"p{i}.png", seed=i)
+    dataset = discover(tmp_path / "flat")
+    assert dataset.classes == [] and all(r.label is None for r in dataset.records)
+    result = scan_dataset(trace_model(tiny_sequential()), dataset, top_k=3, batch_size=2, quiet=True)
+    assert result.metrics.accuracy is None and "no class folders" in result.metrics.note
+    assert result.num_images == 5
