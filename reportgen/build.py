@@ -122,10 +122,24 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str,
     raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read")
 
 
+def _keep(opts: BuildOptions) -> dict[str, Path]:
+    return {"dataset": Path(opts.data), "model file": Path(opts.model)}
+
+
 def build(opts: BuildOptions) -> BuildResult:
     out = Path(opts.out)
-    keep = {"dataset": Path(opts.data), "model file": Path(opts.model)}
-    check_target(out, opts.force, keep)  # fail before the long pass, not after it
+    check_target(out, opts.force, _keep(opts))  # fail before the long pass, not after it
+    files = assemble_site(gather(opts))
+    broken = broken_links(files)
+    if broken:  # a bug of ours, not the user's: stop before anything is written
+        raise RuntimeError("the site has broken links:\n" + "\n".join(broken[:20]))
+    write_site(out, files, force=opts.force, keep=_keep(opts))
+    size = sum(len(b) for b in files.values())
+    return BuildResult(out=out, files=len(files), bytes=size, report=json.loads(files["report.json"]))
+
+
+def gather(opts: BuildOptions) -> SiteInput:
+    """Every stage before the site: all the data the pages show, computed before anything is written."""
     started = time.time()
 
     dataset = discover(opts.data)
@@ -140,9 +154,15 @@ def build(opts: BuildOptions) -> BuildResult:
     probes = _probes(opts.units, traced)
     picked = choose_images(opts, dataset, traced.spec)
 
-    scan = scan_dataset(
-        traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, probes=probes, quiet=opts.quiet
-    )
+    try:
+        scan = scan_dataset(
+            traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, probes=probes, quiet=opts.quiet
+        )
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # the model itself fails on images (TensorFlow refuses it): the user's model, not us
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise UserError(f"{opts.model}: the model fails when run on a batch of images: {message}") from None
     for skipped in dataset.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if scan.metrics.note:
@@ -178,24 +198,16 @@ def build(opts: BuildOptions) -> BuildResult:
         "units": list(opts.units),
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
-    files = assemble_site(
-        SiteInput(
-            info=traced.info,
-            dataset=dataset,
-            scan=scan,
-            chosen=chosen,
-            fields=fields,
-            thumbnails=gallery.pixels,
-            heat=gallery.heat,
-            top_k=opts.top_k,
-            max_channels=opts.max_channels,
-            options=options,
-            footer_note=footer,
-        )
+    return SiteInput(
+        info=traced.info,
+        dataset=dataset,
+        scan=scan,
+        chosen=chosen,
+        fields=fields,
+        thumbnails=gallery.pixels,
+        heat=gallery.heat,
+        top_k=opts.top_k,
+        max_channels=opts.max_channels,
+        options=options,
+        footer_note=footer,
     )
-    broken = broken_links(files)
-    if broken:  # a bug of ours, not the user's: stop before anything is written
-        raise RuntimeError("the site has broken links:\n" + "\n".join(broken[:20]))
-    write_site(out, files, force=opts.force, keep=keep)
-    size = sum(len(b) for b in files.values())
-    return BuildResult(out=out, files=len(files), bytes=size, report=json.loads(files["report.json"]))
