@@ -240,15 +240,25 @@ class Watcher:
         self.problems: list[str] = []
         page.on("console", self._console)
         page.on("pageerror", lambda err: self.problems.append(f"page error: {err}"))
-        page.on("requestfailed", lambda req: self.problems.append(f"request failed: {req.url} ({req.failure})"))
+        page.on("requestfailed", self._failed)
         page.on("response", self._response)
 
+    def _implicit_favicon(self, url: str) -> bool:
+        """Chromium's own probe for <origin>/favicon.ico on pages without <link rel=icon>: not a request of the
+        site (which no page links to, and which a site in a sub-folder of its host could not serve anyway)."""
+        parts = urlsplit(url)
+        return parts.scheme.startswith("http") and parts.path == "/favicon.ico"
+
     def _console(self, msg) -> None:
-        if msg.type in ("error", "warning"):
+        if msg.type in ("error", "warning") and not self._implicit_favicon(msg.location.get("url", "")):
             self.problems.append(f"console {msg.type}: {msg.text} at {msg.location}")
 
+    def _failed(self, req) -> None:
+        if not self._implicit_favicon(req.url):
+            self.problems.append(f"request failed: {req.url} ({req.failure})")
+
     def _response(self, resp) -> None:
-        if resp.status >= 400:
+        if resp.status >= 400 and not self._implicit_favicon(resp.url):
             self.problems.append(f"HTTP {resp.status} for {resp.url}")
 
     def url(self, rel: str) -> str:

@@ -168,7 +168,11 @@ def _clipped_box(rf: ReceptiveField, row: int, col: int, hw) -> tuple[int, int, 
 
 
 def _check_by_gradients(model, holes: bool) -> int:
-    """Compare each map layer's every position with the gradient. Returns how many boxes were clipped."""
+    """Compare each map layer's every position with the gradient. Returns how many boxes were clipped.
+
+    Without dilation holes the pixels with a nonzero gradient are exactly the box clipped to the image.
+    With holes they are a subset of it; inside the image the extreme taps reach the box's edges, so the
+    support's bounding box is the box itself, while at a clipped border a hole can fall on the edge."""
     _positive_linear(model)
     traced, rf = fields_of(model)
     hw = (traced.spec.height, traced.spec.width)
@@ -181,48 +185,53 @@ def _check_by_gradients(model, holes: bool) -> int:
         for r in range(rows):
             for c in range(cols):
                 x0, y0, x1, y1 = _clipped_box(field, r, c, hw)
-                clipped += (x0, y0, x1, y1) != tuple(int(v) for v in field.box(r, c))
+                is_clipped = (x0, y0, x1, y1) != tuple(int(v) for v in field.box(r, c))
+                clipped += is_clipped
                 expected = np.zeros(hw, bool)
                 expected[y0:y1, x0:x1] = True
                 got = support[n.name][r, c]
                 where = f"{n.name} ({r}, {c}): box {field.box(r, c)}"
                 if not holes:
-                    assert np.array_equal(got, expected), where
+                    ys, xs = np.nonzero(got)
+                    found = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if got.any() else None
+                    assert np.array_equal(got, expected), f"{where}: reads input pixels (x0, y0, x1, y1) {found}, clipped box {(x0, y0, x1, y1)}"
                 else:
                     assert got.any(), where
                     assert not (got & ~expected).any(), where + ": gradient outside the box"
-                    ys, xs = np.nonzero(got)
-                    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1), where
+                    if not is_clipped:
+                        ys, xs = np.nonzero(got)
+                        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1), where
     return clipped
 
 
 def test_fields_match_gradients_without_dilation():
-    # Same kinds of layers as above, with average pooling (a max pool's gradient only reaches the argmax).
+    # A 'valid' / 'same' stack whose layers read every position of their input (no trailing pixel left
+    # over by a strided 'valid' window), with average pooling (a max pool's gradient only reaches the argmax).
     model = keras.Sequential(
         [
             keras.Input((23, 40, 1)),
             L.Conv2D(2, (3, 5), padding="valid", use_bias=False, name="e1"),  # 21 x 36
             # H: in 21, out 11, pad_total 2 -> 1 before; W: in 36, out 18, pad_total 1 -> 0 before, 1 after
             L.Conv2D(2, 3, strides=2, padding="same", use_bias=False, name="e2"),
-            # H: s=1, pad_total 1 -> after only; W: s=2 in 18 -> 9
+            # H: s=1, pad_total 1 -> after only; W: s=2, in 18 -> 9
             L.AveragePooling2D(2, strides=(1, 2), padding="same", name="e3"),
-            L.ZeroPadding2D(((1, 2), (0, 1)), name="e4"),  # 14 x 10
-            # H: k=4 s=1 same (1 before, 2 after); W: k=2 s=2 same in 10 -> 5
+            # H: k=4 s=1 same (1 before, 2 after); W: k=2 s=2 same, in 9 -> 5, pad_total 1 -> after only
             L.Conv2D(2, (4, 2), strides=(1, 2), padding="same", use_bias=False, name="e5"),
-            L.Cropping2D(((1, 0), (0, 1)), name="e6"),  # 13 x 4
-            L.DepthwiseConv2D(3, strides=(2, 1), padding="same", use_bias=False, name="e7"),  # 7 x 4
+            # H: in 11, out 6, pad_total 5*2 + 3 - 11 = 2 -> 1 before; W: s=1 in 5, 1 before
+            L.DepthwiseConv2D(3, strides=(2, 1), padding="same", use_bias=False, name="e7"),
+            L.Conv2D(2, 3, padding="valid", use_bias=False, name="e8"),  # 4 x 3
         ]
     )
     clipped = _check_by_gradients(model, holes=False)
-    assert clipped > 20  # border positions where the field runs into the padding were checked too
+    assert clipped > 50  # border positions where the field runs into the padding were checked too
 
 
 def test_fields_match_gradients_with_dilation():
     model = keras.Sequential(
         [
-            keras.Input((21, 19, 1)),
-            L.Conv2D(2, 3, dilation_rate=2, padding="same", use_bias=False, name="d1"),
-            L.Conv2D(2, (3, 2), strides=2, padding="valid", use_bias=False, name="d2"),
+            keras.Input((21, 20, 1)),
+            L.Conv2D(2, 3, dilation_rate=2, padding="same", use_bias=False, name="d1"),  # 21 x 20
+            L.Conv2D(2, (3, 2), strides=2, padding="valid", use_bias=False, name="d2"),  # 10 x 10, reads all of 21 x 20
             L.Conv2D(2, 3, dilation_rate=(2, 3), padding="same", use_bias=False, name="d3"),
             L.AveragePooling2D(2, name="d4"),
         ]
@@ -234,16 +243,37 @@ def test_fields_match_gradients_with_dilation():
 def test_union_of_branches_matches_gradients():
     inp = keras.Input((15, 17, 1))
     a = L.Conv2D(2, 3, padding="same", use_bias=False, name="a")(inp)
-    b = L.Conv2D(2, (5, 1), strides=1, padding="valid", use_bias=False, name="b")(inp)
-    b = L.ZeroPadding2D(((2, 2), (0, 0)), name="bpad")(b)
+    b = L.Conv2D(2, (5, 1), padding="same", use_bias=False, name="b")(inp)
     out = L.Add(name="add")([a, b])
     model = keras.Model(inp, out)
-    # a: r = (3, 3), o = (0.5, 0.5); b: r = (5, 1), o = (2.5, 0.5), padded: o = (2.5 - 2, 0.5) = (0.5, 0.5).
-    # Union: H [min(0.5-1.5, 0.5-2.5), max(...)] = [-2, 3] -> size 5, centre 0.5; W [-1, 2] -> size 3.
+    # a: r = (3, 3), o = (0.5, 0.5); b: r = (5, 1), o = (0.5 + (2 - 2), 0.5) = (0.5, 0.5).
+    # Union: H [min(0.5-1.5, 0.5-2.5), max(0.5+1.5, 0.5+2.5)] = [-2, 3] -> size 5, centre 0.5; W [-1, 2] -> size 3.
     _, rf = fields_of(model)
     assert_field(rf["add"], (5, 3), (1, 1), (0.5, 0.5))
-    # The gradient support is a cross (3x3 square plus a 5x1 bar); its bounding box is the union.
+    # The gradient support is a cross (3x3 square plus a 5x1 bar), inside the union box; where the box
+    # is not clipped, the cross's bounding box is the union box.
     _check_by_gradients(model, holes=True)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # 7 pixels, k=2 s=2 'valid' reads pixels 0..5 only (3 positions: [0,2) [2,4) [4,6)); pixel 6 is never read.
+        # The 'same' 3x3 after it pads one virtual position after the last: its recurrence box for the last
+        # position is centred at 1 + 2*2 = 5, 6 wide: [2, 8), clipped to the image [2, 7) -- but it reads [2, 6).
+        "strided-valid-then-same",
+        # Cropping 2 pixels: position 0 of the crop is pixel 2. The 'same' 3x3 after it pads a virtual position
+        # before it, whose recurrence box is pixel 1 (inside the image, but cropped away): box of (0, 0) is
+        # [1, 4), while the unit reads pixels [2, 4).
+        "crop-then-same",
+    ],
+)
+def test_border_boxes_hold_only_pixels_the_stack_reads(case):
+    first = L.Conv2D(1, 2, strides=2, use_bias=False, name="first") if case == "strided-valid-then-same" else L.Cropping2D(2, name="first")
+    model = keras.Sequential(
+        [keras.Input((7, 7, 1) if case == "strided-valid-then-same" else (8, 8, 1)), first, L.Conv2D(1, 3, padding="same", use_bias=False, name="same")]
+    )
+    _check_by_gradients(model, holes=False)
 
 
 # --------------------------------------------------------------------------- 3. merges
