@@ -166,8 +166,8 @@ class Overlay:
     grid_x: tuple[float, ...]  # vertical grid lines (inner ones)
     grid_y: tuple[float, ...]
     cell: tuple[float, float, float, float]  # x0, y0, x1, y1 of the argmax position's grid cell
-    box: tuple[float, float, float, float]  # its receptive field, clipped to the image
-    box_clipped: bool  # the field reaches past the image (into the padding)
+    box: tuple[float, float, float, float]  # the image pixels its receptive field really reads
+    box_clipped: bool  # the full field reaches past them (into padding, or pixels the stack drops)
 
 
 def grid_lines(input_hw: tuple[int, int], layer_hw: tuple[int, int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -179,12 +179,12 @@ def grid_lines(input_hw: tuple[int, int], layer_hw: tuple[int, int]) -> tuple[tu
 def unit_overlay(rf: ReceptiveField, input_hw: tuple[int, int], layer_hw: tuple[int, int], row: int, col: int) -> Overlay:
     ch, cw = input_hw[0] / layer_hw[0], input_hw[1] / layer_hw[1]
     gx, gy = grid_lines(input_hw, layer_hw)
-    x0, y0, x1, y1 = rf.box(row, col)
-    clipped = (max(0.0, x0), max(0.0, y0), min(float(input_hw[1]), x1), min(float(input_hw[0]), y1))
+    full = rf.box(row, col)
+    visible = rf.visible_box(row, col, input_hw) or (0.0, 0.0, 0.0, 0.0)
     return Overlay(
         grid_x=gx,
         grid_y=gy,
         cell=(col * cw, row * ch, (col + 1) * cw, (row + 1) * ch),
-        box=clipped,
-        box_clipped=clipped != (x0, y0, x1, y1),
+        box=visible,
+        box_clipped=tuple(visible) != tuple(full),
     )

@@ -11,12 +11,19 @@ Per axis, with r the size, j the distance in input pixels between neighbouring o
 'same' padding puts the odd pixel after, as TensorFlow does. Merges (Add, Concatenate, ...)
 take the union of their inputs' fields when the inputs are aligned (same j). Where the stack does
 not define a field (upsampling, transposed convolutions, unknown layers, misaligned branches),
-the layer falls back to its grid cell, and says why. Pure: no TensorFlow.
+the layer falls back to its grid cell, and says why.
+
+Near the borders the standard box reaches into padding, and, after a crop or a strided layer that
+drops the last pixels, over image pixels the unit never reads. So each layer also carries, per axis
+and position, the interval of input pixels it really reads (`ReceptiveField.reads`): the overlays
+draw that. Pure: no TensorFlow.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from reportgen.report import LayerNode, ReceptiveField
 
@@ -27,14 +34,51 @@ def _axis(r: float, j: float, o: float, node: LayerNode, axis: int, in_size: int
         return r, j, o - g.before[axis] * j
     if g.op == "crop":
         return r, j, o + g.before[axis] * j
-    k, s, d = g.kernel[axis], g.stride[axis], g.dilation[axis]
-    k_eff = d * (k - 1) + 1
-    if g.padding == "same":
-        out = math.ceil(in_size / s)
-        pad_before = max((out - 1) * s + k_eff - in_size, 0) // 2
+    k_eff = g.dilation[axis] * (g.kernel[axis] - 1) + 1
+    return r + (k_eff - 1) * j, j * g.stride[axis], o + ((k_eff - 1) / 2 - _pad_before(node, axis, in_size)) * j
+
+
+def _pad_before(node: LayerNode, axis: int, in_size: int) -> int:
+    g = node.geometry
+    if g.op != "window" or g.padding != "same":
+        return 0
+    k_eff = g.dilation[axis] * (g.kernel[axis] - 1) + 1
+    out = math.ceil(in_size / g.stride[axis])
+    return max((out - 1) * g.stride[axis] + k_eff - in_size, 0) // 2
+
+
+def _reads(node: LayerNode, axis: int, src: np.ndarray, out_size: int) -> np.ndarray:
+    """[out_size, 2] input-pixel interval [lo, hi) that each output position really reads along one axis
+    (NaN where it reads only padding). `src` is the same for the layer's input positions."""
+    g = node.geometry
+    n_in = src.shape[0]
+    p = np.arange(out_size)[:, None]
+    if g.op == "pad":
+        taps = p - g.before[axis]
+    elif g.op == "crop":
+        taps = p + g.before[axis]
     else:
-        pad_before = 0
-    return r + (k_eff - 1) * j, j * s, o + ((k_eff - 1) / 2 - pad_before) * j
+        taps = p * g.stride[axis] - _pad_before(node, axis, n_in) + np.arange(g.kernel[axis])[None, :] * g.dilation[axis]
+    valid = (taps >= 0) & (taps < n_in)
+    safe = np.clip(taps, 0, n_in - 1)
+    lo = np.where(valid, src[safe, 0], np.nan)
+    hi = np.where(valid, src[safe, 1], np.nan)
+    with np.errstate(all="ignore"), _quiet_nan():
+        return np.stack([np.nanmin(lo, axis=1), np.nanmax(hi, axis=1)], axis=1)
+
+
+class _quiet_nan:
+    """nanmin of an all-NaN row is NaN (a position that reads only padding); numpy warns, we expect it."""
+
+    def __enter__(self):
+        import warnings
+
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
 
 
 def grid_cell(input_hw: tuple[int, int], layer_hw: tuple[int, int], note: str) -> ReceptiveField:
@@ -44,48 +88,50 @@ def grid_cell(input_hw: tuple[int, int], layer_hw: tuple[int, int], note: str) -
 
 
 def receptive_fields(nodes: list[LayerNode], input_hw: tuple[int, int]) -> dict[str, ReceptiveField]:
-    """The receptive field of every layer with a spatial output, by qualified name."""
+    """The receptive field of every layer with a feature-map page, by qualified name."""
     start = ReceptiveField(size=(1.0, 1.0), stride=(1.0, 1.0), offset=(0.5, 0.5), exact=True)
+    pixels = [np.stack([np.arange(n, dtype=float), np.arange(n, dtype=float) + 1], axis=1) for n in input_hw]
     fields: dict[str, ReceptiveField] = {"": start}
+    reads: dict[str, list[np.ndarray]] = {"": pixels}  # per axis [positions, 2]
     problems: dict[str, str] = {}  # layer -> why its field is undefined
+    # A nested model's row comes before its layers; it stands for the layer that makes its output.
+    alias = {n.name: n.alias_of for n in nodes if n.geometry.op == "model"}
 
-    def resolve(name: str) -> ReceptiveField | None:
-        return fields.get(name)
+    def real(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
 
     for node in nodes:
-        if len(node.output_shape) != 4:
+        if len(node.output_shape) != 4 or node.geometry.op == "model":
             continue
         if node.geometry.op == "input":
-            fields[node.name] = start
+            fields[node.name], reads[node.name] = start, pixels
             continue
-        if node.geometry.op == "model":
-            inner = fields.get(node.alias_of)
-            if inner is not None:
-                fields[node.name] = inner
-            else:
-                problems[node.name] = problems.get(node.alias_of, "its output layer has no receptive field")
-            continue
-        sources = [resolve(name) for name in node.inputs]
-        missing = [name for name, rf in zip(node.inputs, sources) if rf is None]
+        sources = [real(name) for name in node.inputs]
+        missing = [name for name in sources if name not in fields]
         if missing or not sources:
             problems[node.name] = problems.get(missing[0], "its input has no receptive field") if missing else "no input"
             continue
+        ins = [fields[name] for name in sources]
+        out_hw = node.spatial
         if node.geometry.op == "pointwise":
-            if len({rf.stride for rf in sources}) > 1:
+            if len({rf.stride for rf in ins}) > 1 or len({tuple(len(a) for a in reads[n]) for n in sources}) > 1:
                 problems[node.name] = f"{node.type} merges branches with different strides"
                 continue
-            lo = [min(rf.offset[a] - rf.size[a] / 2 for rf in sources) for a in (0, 1)]
-            hi = [max(rf.offset[a] + rf.size[a] / 2 for rf in sources) for a in (0, 1)]
+            lo = [min(rf.offset[a] - rf.size[a] / 2 for rf in ins) for a in (0, 1)]
+            hi = [max(rf.offset[a] + rf.size[a] / 2 for rf in ins) for a in (0, 1)]
             fields[node.name] = ReceptiveField(
-                size=(hi[0] - lo[0], hi[1] - lo[1]),
-                stride=sources[0].stride,
-                offset=((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2),
-                exact=True,
+                size=(hi[0] - lo[0], hi[1] - lo[1]), stride=ins[0].stride, offset=((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2), exact=True
             )
+            with np.errstate(all="ignore"), _quiet_nan():
+                reads[node.name] = [
+                    np.stack([np.nanmin([reads[n][a][:, 0] for n in sources], axis=0), np.nanmax([reads[n][a][:, 1] for n in sources], axis=0)], axis=1)
+                    for a in (0, 1)
+                ]
             continue
-        if node.geometry.op in ("window", "pad", "crop") and len(sources) == 1:
-            src = sources[0]
-            in_shape = node.input_shapes[0]
+        if node.geometry.op in ("window", "pad", "crop") and len(ins) == 1:
+            src, in_shape = ins[0], node.input_shapes[0]
             per_axis = [_axis(src.size[a], src.stride[a], src.offset[a], node, a, int(in_shape[1 + a])) for a in (0, 1)]
             fields[node.name] = ReceptiveField(
                 size=(per_axis[0][0], per_axis[1][0]),
@@ -93,6 +139,7 @@ def receptive_fields(nodes: list[LayerNode], input_hw: tuple[int, int]) -> dict[
                 offset=(per_axis[0][2], per_axis[1][2]),
                 exact=True,
             )
+            reads[node.name] = [_reads(node, a, reads[sources[0]][a], out_hw[a]) for a in (0, 1)]
             continue
         problems[node.name] = f"not defined for a {node.type} layer"
 
@@ -105,5 +152,6 @@ def receptive_fields(nodes: list[LayerNode], input_hw: tuple[int, int]) -> dict[
             why = problems.get(node.name, "not defined")
             result[node.name] = grid_cell(input_hw, node.spatial, f"receptive field {why}; showing the grid cell")
         else:
-            result[node.name] = rf
+            rows, cols = reads[node.name]
+            result[node.name] = ReceptiveField(rf.size, rf.stride, rf.offset, True, "", reads=(rows.tolist(), cols.tolist()))
     return result

@@ -82,12 +82,24 @@ class ReceptiveField:
     offset: tuple[float, float]
     exact: bool
     note: str = ""
+    # Per axis (rows, cols), per position: [lo, hi) of the input pixels really read (NaN: only padding).
+    reads: tuple[list, list] | None = field(default=None, repr=False, compare=False)
 
     def box(self, row: int, col: int) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1) of the receptive field of position (row, col), unclipped."""
         cy = self.offset[0] + row * self.stride[0]
         cx = self.offset[1] + col * self.stride[1]
         return (cx - self.size[1] / 2, cy - self.size[0] / 2, cx + self.size[1] / 2, cy + self.size[0] / 2)
+
+    def visible_box(self, row: int, col: int, input_hw: tuple[int, int]) -> tuple[float, float, float, float] | None:
+        """(x0, y0, x1, y1) of the image pixels position (row, col) really reads; None if only padding."""
+        if self.reads is not None:
+            (y0, y1), (x0, x1) = self.reads[0][row], self.reads[1][col]
+            if any(v != v for v in (x0, y0, x1, y1)):
+                return None
+            return (x0, y0, x1, y1)
+        x0, y0, x1, y1 = self.box(row, col)
+        return (max(0.0, x0), max(0.0, y0), min(float(input_hw[1]), x1), min(float(input_hw[0]), y1))
 
 
 @dataclass

@@ -161,10 +161,15 @@ def _gradient_support(traced) -> dict[str, np.ndarray]:
 
 
 def _clipped_box(rf: ReceptiveField, row: int, col: int, hw) -> tuple[int, int, int, int]:
-    x0, y0, x1, y1 = rf.box(row, col)
-    for v in (x0, y0, x1, y1):
-        assert v == int(v), f"an exact field's box has whole-pixel edges, got {rf.box(row, col)}"
-    return max(0, int(x0)), max(0, int(y0)), min(hw[1], int(x1)), min(hw[0], int(y1))
+    """The pixels reportgen draws for (row, col): the field's box, less what the stack never reads."""
+    box = rf.visible_box(row, col, hw)
+    assert box is not None, (row, col)
+    for v in box:
+        assert v == int(v), f"an exact field's box has whole-pixel edges, got {box}"
+    x0, y0, x1, y1 = (int(v) for v in box)
+    full = rf.box(row, col)
+    assert full[0] <= x0 and full[1] <= y0 and x1 <= full[2] and y1 <= full[3]  # inside the standard box
+    return max(0, x0), max(0, y0), min(hw[1], x1), min(hw[0], y1)
 
 
 def _check_by_gradients(model, holes: bool) -> int:
