@@ -44,6 +44,10 @@ class BuildOptions:
     unsafe: bool = False
     quiet: bool = False
     timestamp: bool = False
+    # How the model and dataset paths are shown (default: as given); the demo shows stable names
+    # instead of its temporary folder, so that its site is byte-identical from run to run.
+    model_label: str | None = None
+    data_label: str | None = None
 
 
 @dataclass
@@ -198,6 +202,7 @@ def gather(opts: BuildOptions) -> SiteInput:
         "units": list(opts.units),
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
+    traced.info.path = opts.model_label or str(opts.model)
     return SiteInput(
         info=traced.info,
         dataset=dataset,
@@ -210,4 +215,5 @@ def gather(opts: BuildOptions) -> SiteInput:
         max_channels=opts.max_channels,
         options=options,
         footer_note=footer,
+        data_label=opts.data_label or str(dataset.root),
     )

@@ -96,6 +96,6 @@ def run_demo(out: Path, *, workdir: Path | None = None, epochs: int | None = Non
         return build(
             BuildOptions(
                 model=model_path, data=train, out=Path(out), seed=seed, force=force, quiet=quiet,
-                units=["conv2d_3:3:3:0"],
+                units=["conv2d_3:3:3:0"], model_label=model_path.name, data_label="data/train",
             )
         )

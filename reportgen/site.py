@@ -62,6 +62,7 @@ class SiteInput:
     max_channels: int | None
     options: dict = field(default_factory=dict)  # shown on the index and in report.json
     footer_note: str = ""  # e.g. a build time, only when asked for
+    data_label: str = ""  # how the dataset root is shown
 
 
 def _template_source(name: str) -> str | None:
@@ -335,6 +336,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
         classes=classes,
         class_sizes=[(name, class_sizes.get(i, 0)) for i, name in enumerate(classes)],
         dataset=dataset,
+        data_label=si.data_label or str(dataset.root),
         num_images=scan.num_images,
         chosen=chosen_views,
         probes=probe_views,
@@ -382,7 +384,7 @@ def report_data(si: SiteInput, layer_views: list[dict], probe_views: list[dict])
             ],
         },
         "dataset": {
-            "root": str(dataset.root),
+            "root": si.data_label or str(dataset.root),
             "class_indices": dataset.class_indices,
             "num_images": scan.num_images,
             "num_files": len(records),
