@@ -40,7 +40,8 @@ class StreamingHistograms:
         if rows.size:
             bins = np.floor(values[rows, cols] / self.hi[cols] * HISTOGRAM_BINS).astype(np.int64)
             np.clip(bins, 0, HISTOGRAM_BINS - 1, out=bins)
-            np.add.at(self.counts, (cols, bins), 1)
+            # bincount on flat (unit, bin) indices: the same as np.add.at, many times faster
+            self.counts += np.bincount(cols * HISTOGRAM_BINS + bins, minlength=self.counts.size).reshape(self.counts.shape)
 
     def _grow(self, unit: int, peak: float) -> None:
         if peak <= 0:
