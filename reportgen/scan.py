@@ -6,6 +6,11 @@ merges those with the running top K of every unit (and of every --unit probe). O
 reductions leave the graph (the predictions and the [batch, units] maxima, for the metrics and
 the histograms); activation maps never do, so memory is O(units x K), flat in the dataset's size.
 
+Positions: the first position of the maximum in row-major order. For a layer whose every position
+a non-overlapping max-pool reads (conv -> MaxPooling2D, as in most classifiers), the maximum and its
+window come from the pool's (already smaller) output, and the position is the first one inside that
+window: the two rules differ only when the maximum value occurs at several positions.
+
 `run_images` gives full maps for the few chosen images; `gallery_data` re-reads only the images
 that made some unit's top K, for their thumbnails and per-unit heatmaps.
 """
@@ -80,21 +85,24 @@ def _spatial_max(a):
 
 def _gather_windows(a, top, left, height: int, width: int):
     """[b, c, height*width]: for every image b and channel c, the window of map c whose top-left
-    corner is (top[b, c], left[b, c]), in row-major order; positions outside the map read -inf."""
-    batch, rows, cols, channels = tf.shape(a)[0], a.shape[1], a.shape[2], a.shape[3]
-    dy = tf.repeat(tf.range(height), width)[None, None, :]
-    dx = tf.tile(tf.range(width), [height])[None, None, :]
-    y = top[:, :, None] + dy  # [b, c, height*width]
-    x = left[:, :, None] + dx
-    inside = (y < rows) & (x < cols)
-    # One flat index per element (cheaper than gather_nd's coordinate vectors); 64-bit only where
-    # a batch of very large maps could pass 2**31 elements.
+    corner is (top[b, c], left[b, c]), in row-major order; positions outside the map read -inf.
+
+    Built from flat indices with the static part precomputed, so it costs a handful of small ops.
+    """
+    batch = tf.shape(a)[0]
+    rows, cols, channels = a.shape[1], a.shape[2], a.shape[3]
+    # 64-bit indices only where a batch of very large maps could pass 2**31 elements.
     kind = tf.int64 if rows * cols * channels > 2**21 else tf.int32
-    y, x = tf.cast(tf.minimum(y, rows - 1), kind), tf.cast(tf.minimum(x, cols - 1), kind)
-    image = tf.range(tf.cast(batch, kind))[:, None, None]
-    channel = tf.range(channels, dtype=kind)[None, :, None]
-    flat = ((image * rows + y) * cols + x) * channels + channel
-    return tf.where(inside, tf.gather(tf.reshape(a, [-1]), flat), tf.constant(-np.inf, a.dtype))
+    dy, dx = np.divmod(np.arange(height * width), width)
+    offsets = tf.constant((dy * cols + dx)[None, :] * channels + np.arange(channels)[:, None], kind)  # [c, hw]
+    top, left = tf.cast(top, kind), tf.cast(left, kind)
+    start = ((tf.range(tf.cast(batch, kind))[:, None] * rows + top) * cols + left) * channels  # [b, c]
+    flat = start[:, :, None] + offsets[None]
+    values = tf.reshape(a, [-1])
+    if height == 1 and width == cols:  # a whole row: always inside the map
+        return tf.gather(values, flat)
+    inside = (top[:, :, None] + dy[None, None, :] < rows) & (left[:, :, None] + dx[None, None, :] < cols)
+    return tf.where(inside, tf.gather(values, tf.where(inside, flat, 0)), tf.constant(-np.inf, a.dtype))
 
 
 def _covering_pools(layers: list) -> dict[int, int]:
@@ -162,11 +170,11 @@ class _MiningStep:
                 inner = tf.argmax(_gather_windows(a, top, left, ph, pw), axis=2, output_type=tf.int32)
                 reduced[li] = (pool_max, (top + inner // pw) * a.shape[2] + left + inner % pw)
             else:
-                m, where = _spatial_max(a)
-                reduced[li] = (tf.where(tf.math.is_nan(m), tf.constant(-np.inf, m.dtype), m), where)
-        values = [reduced[li][0] for li in range(len(maps))]  # [batch, channels] each
+                reduced[li] = _spatial_max(a)
+        batch_max = tf.concat([reduced[li][0] for li in range(len(maps))], axis=1)  # [batch, units]
+        batch_max = tf.where(tf.math.is_nan(batch_max), tf.constant(-np.inf, batch_max.dtype), batch_max)
+        values = [batch_max]
         places = [reduced[li][1] for li in range(len(maps))]
-        batch_max = tf.concat(values, axis=1)  # [batch, units]
         for li, row, col, ch in self.probe_slots:
             v = maps[li][:, row, col, ch][:, None]
             values.append(tf.where(tf.math.is_nan(v), tf.constant(-np.inf, v.dtype), v))

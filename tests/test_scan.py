@@ -221,3 +221,34 @@ def test_flat_folder_has_no_labels(tmp_path):
     result = scan_dataset(trace_model(tiny_sequential()), dataset, top_k=3, batch_size=2, quiet=True)
     assert result.metrics.accuracy is None and "no class folders" in result.metrics.note
     assert result.num_images == 5
+
+
+@pytest.mark.parametrize("pool", ["same-odd", "overlapping", "valid-odd"])
+def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
+    """Conv maxima come from the following max-pool when its windows cover the map exactly once."""
+    import keras
+
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import _covering_pools, scan_dataset
+
+    keras.utils.set_random_seed(4)
+    pooling = {
+        "same-odd": keras.layers.MaxPooling2D(2, padding="same", name="pool"),  # 15 -> 8, last window half outside
+        "overlapping": keras.layers.MaxPooling2D(3, strides=2, name="pool"),  # windows overlap: read directly
+        "valid-odd": keras.layers.MaxPooling2D(2, name="pool"),  # 15 -> 7 drops the last row: read directly
+    }[pool]
+    model = keras.Sequential(
+        [keras.Input((17, 17, 3)), keras.layers.Conv2D(6, 3, name="conv"), pooling, keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")]
+    )
+    make_dataset(tmp_path / "data", {"a": 6, "b": 5})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    assert _covering_pools(traced.map_layers) == ({0: 1} if pool == "same-odd" else {})
+    result = scan_dataset(traced, dataset, top_k=4, batch_size=4, quiet=True)
+    expected, _, _ = _brute_force(traced, dataset, 4, 4)
+    for node in traced.map_layers:
+        for unit in result.units[node.name]:
+            want = expected[(node.name, unit.channel)]
+            assert [(e.image, e.row, e.col) for e in unit.top] == [(w[0], int(w[2]), int(w[3])) for w in want]
+            np.testing.assert_array_equal([e.value for e in unit.top], np.array([w[1] for w in want], dtype=np.float32))
