@@ -199,3 +199,42 @@ def test_interrupting_a_real_build(tmp_path, tiny_model_path, sig):
     assert "interrupted" in err and "Traceback" not in err
     assert snapshot(out) == before
     assert leftovers(tmp_path) == []
+
+
+def _model_files(tmp_path: Path) -> dict[str, Path]:
+    import keras
+
+    files = {}
+    (tmp_path / "notes.h5").write_text("not a model")
+    files["not a model"] = tmp_path / "notes.h5"
+    data = (FIXTURES / "legacy_sequential.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 3])
+    files["truncated .h5"] = tmp_path / "cut.h5"
+    saved = tmp_path / "exported"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"\x08\x01")
+    files["SavedModel folder"] = saved
+    dense = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    dense.save(tmp_path / "dense.keras")
+    files["no 4-D layer"] = tmp_path / "dense.keras"
+    a, b = keras.Input((16, 16, 3)), keras.Input((16, 16, 3))
+    keras.Model([a, b], keras.layers.Add()([keras.layers.Conv2D(1, 3)(a), keras.layers.Conv2D(1, 3)(b)])).save(tmp_path / "two.keras")
+    files["several inputs"] = tmp_path / "two.keras"
+    keras.Sequential([keras.Input((10,)), keras.layers.Dense(2)]).save(tmp_path / "tabular.keras")
+    files["input not an image"] = tmp_path / "tabular.keras"
+    return files
+
+
+def test_every_unusable_model_is_a_one_line_error(capsys, tmp_path, tiny_data):
+    expected = {
+        "not a model": "is not a Keras model file",
+        "truncated .h5": "cannot load the model",
+        "SavedModel folder": "SavedModel folder",
+        "no 4-D layer": "no layer with a 4-D",
+        "several inputs": "2 inputs",
+        "input not an image": "not an image",
+    }
+    for what, path in _model_files(tmp_path).items():
+        code, err = run_cli(capsys, "build", "--model", str(path), "--data", str(tiny_data), "--out", str(tmp_path / "out"), "-q")
+        assert_one_line_error(code, err, str(path), expected[what])
+    assert not (tmp_path / "out").exists()
