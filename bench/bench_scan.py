@@ -232,8 +232,8 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
 
     Batches are pre-decoded (no input pipeline); every batch is run through every variant in a
     rotating order, and each variant's per-batch time is divided into predict's on that batch.
-    The "+ max" / "+ argmax" variants are this script's copy of scan.py's reductions (they
-    drift if scan.py changes); "full mining step" is reportgen's own `_MiningStep`.
+    "a plain max" reads every map once (for scale); "reportgen's max and position" and "full
+    mining step" are reportgen's own `_MiningStep.reduce` and `_MiningStep.step`.
     """
     import tensorflow as tf
 
@@ -252,59 +252,28 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
     def flat(a):
         return tf.reshape(a, [tf.shape(a)[0], -1, a.shape[-1]])
 
-    def with_reductions(reduce):
-        @tf.function(reduce_retracing=True)
-        def step(px):
-            outs = tap(inp(px), training=False)
-            return outs[0], tf.concat([r for a in outs[1:] for r in reduce(a)], axis=1)
-
-        return step
-
     def r_max(a):
         return [tf.reduce_max(flat(a), axis=1)]
 
-    def r_max_argmax(a):
-        f = flat(a)
-        return [tf.reduce_max(f, axis=1), tf.cast(tf.argmax(f, axis=1, output_type=tf.int32), tf.float32)]
+    @tf.function(reduce_retracing=True)
+    def reduce_max(px):
+        outs = tap(inp(px), training=False)
+        return outs[0], tf.concat([r for a in outs[1:] for r in r_max(a)], axis=1)
 
     @tf.function(reduce_retracing=True)
     def tap_only(px):
         outs = tap(inp(px), training=False)
         return outs[0], outs[1:]  # every map leaves the function, as in the mining step's inputs
 
-    @tf.function(reduce_retracing=True)
-    def via_pool(px):
-        """Prototype, not reportgen's code: for a map followed by a 2x2/stride-2 'valid' max-pool that
-        covers it (even height and width), take its max and argmax from the pool's argmax and a
-        4-element look-up, instead of scanning the big map."""
-        outs = tap(inp(px), training=False)
-        maps, out = outs[1:], []
-        for j, a in enumerate(maps):
-            node = traced.map_layers[j]
-            nxt = traced.map_layers[j + 1] if j + 1 < len(maps) else None
-            pooled = (
-                nxt is not None and nxt.type == "MaxPooling2D" and nxt.inputs == [node.name]
-                and nxt.geometry.kernel == (2, 2) and nxt.geometry.stride == (2, 2) and nxt.geometry.padding == "valid"
-                and a.shape[1] % 2 == 0 and a.shape[2] % 2 == 0
-            )
-            if not pooled:
-                out.extend(r_max_argmax(a))
-                continue
-            p = maps[j + 1]
-            wp = tf.argmax(flat(p), axis=1, output_type=tf.int32)  # [b, c], pooled coordinates
-            width, channels = a.shape[2], a.shape[3]
-            r0, c0 = (wp // p.shape[2]) * 2, (wp % p.shape[2]) * 2
-            cand = tf.stack([r0 * width + c0, r0 * width + c0 + 1, (r0 + 1) * width + c0, (r0 + 1) * width + c0 + 1], -1)
-            b, hw = tf.shape(a)[0], a.shape[1] * width
-            index = tf.range(b)[:, None, None] * (hw * channels) + cand * channels + tf.range(channels)[None, :, None]
-            vals = tf.gather(tf.reshape(a, [-1]), index)  # [b, c, 4]
-            where = tf.gather(cand, tf.argmax(vals, -1, output_type=tf.int32), batch_dims=2)
-            out.extend([tf.reduce_max(vals, -1), tf.cast(where, tf.float32)])
-        return outs[0], tf.concat(out, axis=1)
-
     predict = predict_function(model)
-    reduce_max, reduce_both = with_reductions(r_max), with_reductions(r_max_argmax)
     miner = scan._MiningStep(traced, top_k, [], RESCALE)
+
+    @tf.function(reduce_retracing=True)
+    def reductions(px):
+        outs = tap(inp(px), training=False)
+        batch_max, places = miner.reduce(outs[1:])
+        return outs[0], batch_max, places
+
     state = [miner.initial_state()]
     step_out: dict[int, tuple] = {}
 
@@ -330,18 +299,14 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
     variants = {
         "plain predict": lambda b: predict(pixels[b]).numpy(),
         "tap model, all maps returned": lambda b: tap_only(pixels[b])[0].numpy(),
-        "tap + spatial max per channel": lambda b: reduce_max(pixels[b])[1].numpy(),
-        "tap + max + argmax per channel": lambda b: reduce_both(pixels[b])[1].numpy(),
+        "tap + a plain max of every map": lambda b: reduce_max(pixels[b])[1].numpy(),
+        "tap + reportgen's max and position": lambda b: reductions(pixels[b])[1].numpy(),
         "full mining step (+ top-K merge)": full_step,
         "host-side stats (hist, loss, conf.)": host,
-        "prototype: conv max/argmax via pool": lambda b: via_pool(pixels[b])[1].numpy(),
     }
     for b in range(len(batches)):  # warm-up: trace everything, fill step_out
         for fn in variants.values():
             fn(b)
-    same = all(
-        np.array_equal(reduce_both(px)[1].numpy(), via_pool(px)[1].numpy()) for px in pixels
-    )
     names = list(variants)
     times: dict[str, list[float]] = {k: [] for k in names}
     for r in range(rounds):
@@ -359,7 +324,6 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
         rel = statistics.median(t / p for t, p in zip(times[name], base))
         speed = statistics.median(p / t for t, p in zip(times[name], base)) if name != "host-side stats (hist, loss, conf.)" else None
         print(f"  {name:38s} {rel:20.3f} {'' if speed is None else f'{speed:17.3f}'}")
-    print(f"  (prototype's maxima and positions equal the current reductions' on these batches: {same})")
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ that made some unit's top K, for their thumbnails and per-unit heatmaps.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from dataclasses import dataclass
 
@@ -155,9 +156,8 @@ class _MiningStep:
             tf.zeros([units, self.k], tf.int32),
         )
 
-    def _step(self, pixels, ids, state):
-        outs = self.tap(_input(pixels, self.rescale), training=False)
-        preds, maps = outs[0], outs[1:]
+    def reduce(self, maps):
+        """Every map layer's per-image, per-channel maximum [batch, units] and its position (per layer)."""
         reduced = {}
         for li in reversed(range(len(maps))):  # pools come after their inputs: reduce them first
             a = maps[li]
@@ -173,8 +173,13 @@ class _MiningStep:
                 reduced[li] = _spatial_max(a)
         batch_max = tf.concat([reduced[li][0] for li in range(len(maps))], axis=1)  # [batch, units]
         batch_max = tf.where(tf.math.is_nan(batch_max), tf.constant(-np.inf, batch_max.dtype), batch_max)
+        return batch_max, [reduced[li][1] for li in range(len(maps))]
+
+    def _step(self, pixels, ids, state):
+        outs = self.tap(_input(pixels, self.rescale), training=False)
+        preds, maps = outs[0], outs[1:]
+        batch_max, places = self.reduce(maps)
         values = [batch_max]
-        places = [reduced[li][1] for li in range(len(maps))]
         for li, row, col, ch in self.probe_slots:
             v = maps[li][:, row, col, ch][:, None]
             values.append(tf.where(tf.math.is_nan(v), tf.constant(-np.inf, v.dtype), v))
@@ -248,18 +253,27 @@ def scan_dataset(
     confusion = ConfusionCounter(len(dataset.classes)) if mode != "none" else None
     loss = _LossMeter(traced.model, mode, traced.info.num_outputs)
     labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
+    def update_stats(preds, maxima, indices) -> None:
+        histograms.update(maxima.numpy())
+        if confusion is not None:
+            batch_labels = labels[indices]
+            confusion.update(batch_labels, predicted_classes(preds.numpy(), mode))
+            loss.update(batch_labels, preds)
+
     seen = 0
-    with _progress(len(dataset.records), "scanning dataset", quiet) as bar:
+    # The host-side statistics of one batch run in a helper thread while the graph runs the next
+    # (TensorFlow releases the GIL); one thread, so batches are counted in order.
+    with _progress(len(dataset.records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
+        pending = None
         for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped):
             preds, maxima, state = miner.step(tf.constant(batch.pixels), tf.constant(batch.indices, tf.int32), state)
-            histograms.update(maxima.numpy())
-            if confusion is not None:
-                scores = preds.numpy()
-                batch_labels = labels[batch.indices]
-                confusion.update(batch_labels, predicted_classes(scores, mode))
-                loss.update(batch_labels, preds)
+            if pending is not None:
+                pending.result()
+            pending = stats.submit(update_stats, preds, maxima, batch.indices)
             seen += len(batch.indices)
             bar.update(seen + len(dataset.skipped) - bar.n)
+        if pending is not None:
+            pending.result()
     if seen == 0:
         from reportgen.errors import UserError
 
