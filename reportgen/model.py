@@ -20,6 +20,9 @@ from pathlib import Path
 
 # TensorFlow's C++ log lines (oneDNN notices) are noise on a user's terminal; Python errors still raise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The pass is TensorFlow code: Keras must run on its TensorFlow backend even where the user's
+# environment picks JAX or PyTorch for their own work.
+os.environ["KERAS_BACKEND"] = "tensorflow"
 
 
 def _import_tensorflow_quietly() -> None:
