@@ -146,6 +146,17 @@ def predict_pass(traced, dataset, batch_size: int, predict) -> Marks:
     return marks
 
 
+def keras_batches_pass(traced, dataset, batch_size: int) -> Marks:
+    """Keras's own `model.predict_on_batch` over reportgen's input pipeline: the issue's words taken literally."""
+    from reportgen.dataset import iter_batches
+
+    marks = Marks()
+    for batch in marks.wrap(iter_batches)(dataset.records, traced.spec, batch_size, []):
+        traced.model.predict_on_batch(batch.pixels.astype(np.float32) * np.float32(RESCALE))
+    marks.end = time.perf_counter()
+    return marks
+
+
 def mine_pass(traced, dataset, batch_size: int, top_k: int) -> Marks:
     """The real `scan_dataset`, with its `iter_batches` wrapped to time each batch."""
     import reportgen.scan as scan
@@ -266,7 +277,7 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
         return outs[0], outs[1:]  # every map leaves the function, as in the mining step's inputs
 
     predict = predict_function(model)
-    miner = scan._MiningStep(traced, top_k, [], RESCALE)
+    miner = scan._MiningStep(traced, top_k, [], RESCALE, batch_size)
 
     @tf.function(reduce_retracing=True)
     def reductions(px):
@@ -395,16 +406,20 @@ def run(args, n: int, work: Path) -> int:
     predict_pass(traced, dataset, bs, predict)
     mine_pass(traced, dataset, bs, k)
     keras_predict(traced.model, x, bs)
+    keras_batches_pass(traced, dataset, bs)
 
     rounds = []
     for r in range(args.repeats):
-        order = ("predict", "mine", "keras") if r % 2 == 0 else ("keras", "mine", "predict")  # mine always between
+        # the mining pass always between the two predict-over-the-pipeline passes
+        order = ("predict", "mine", "batches", "keras") if r % 2 == 0 else ("keras", "batches", "mine", "predict")
         got = {}
         for what in order:
             if what == "predict":
                 got[what] = predict_pass(traced, dataset, bs, predict)
             elif what == "mine":
                 got[what] = mine_pass(traced, dataset, bs, k)
+            elif what == "batches":
+                got[what] = keras_batches_pass(traced, dataset, bs)
             else:
                 got[what] = keras_predict(traced.model, x, bs)
         rounds.append(got)
@@ -412,6 +427,8 @@ def run(args, n: int, work: Path) -> int:
     p_speed = [g["predict"].steady() for g in rounds]
     m_speed = [g["mine"].steady() for g in rounds]
     k_speed = [g["keras"] for g in rounds]
+    b_speed = [g["batches"].steady() for g in rounds]
+    ratio_batches = [m / b for m, b in zip(m_speed, b_speed)]
     m_whole = [n / g["mine"].whole() for g in rounds]
     ratio = [m / p for m, p in zip(m_speed, p_speed)]
     ratio_keras = [m / kk for m, kk in zip(m_speed, k_speed)]
@@ -424,14 +441,22 @@ def run(args, n: int, work: Path) -> int:
 
     print("\nthroughput (steady state: each pass's first batch excluded; img/s are medians, for scale only)")
     print(f"  {'':52s} {'img/s':>8s} {'mine / this':>12s} {'per-round range':>16s}")
-    print(f"  {'plain predict, tf.function over iter_batches':52s} {median(p_speed):8.1f} {median(ratio):12.3f} {spread(ratio):>16s}")
+    print(f"  {'bare forward pass, tf.function over iter_batches':52s} {median(p_speed):8.1f} {median(ratio):12.3f} {spread(ratio):>16s}")
     print(f"  {'mining pass, scan_dataset':52s} {median(m_speed):8.1f} {1.0:12.3f}")
+    print(f"  {'keras model.predict_on_batch over iter_batches':52s} {median(b_speed):8.1f} {median(ratio_batches):12.3f} {spread(ratio_batches):>16s}")
     print(f"  {'keras model.predict on a pre-decoded array (ref.)':52s} {median(k_speed):8.1f} {median(ratio_keras):12.3f} {spread(ratio_keras):>16s}")
-    print(f"  mining pass / plain predict (median of per-round ratios): {median(ratio):.3f}")
+    print(f"  mining pass / Keras predict_on_batch over the pipeline (median of per-round ratios): {median(ratio_batches):.3f}")
+    print(f"  mining pass / bare forward pass over the pipeline (stricter: no Keras overhead): {median(ratio):.3f}")
     print(f"  mining pass as a whole call (tracing + result assembly included): {median(ratio_whole):.3f} x plain predict's steady "
           f"rate; its first batch costs {median(first_cost):.1f} steady predict batches")
 
-    checks = [(median(ratio) >= TARGET_SPEED, f"mining pass runs at {median(ratio):.3f} x plain predict (target >= {TARGET_SPEED})")]
+    # The issue's target: "the mining pass runs at 0.85x of plain model.predict over the same input
+    # pipeline or better". Checked against Keras's own predict_on_batch, and, stricter, against a bare
+    # tf.function forward pass (what predict costs without Keras's per-call overhead).
+    checks = [
+        (median(ratio_batches) >= TARGET_SPEED, f"mining pass runs at {median(ratio_batches):.3f} x Keras model.predict_on_batch over the same pipeline (target >= {TARGET_SPEED})"),
+        (median(ratio) >= TARGET_SPEED, f"mining pass runs at {median(ratio):.3f} x a bare tf.function forward pass over the same pipeline (stricter; target >= {TARGET_SPEED})"),
+    ]
 
     if not args.no_memory:
         mem = {}
@@ -460,7 +485,7 @@ def run(args, n: int, work: Path) -> int:
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"(run took {time.perf_counter() - t_start:.0f} s)")
-    if not checks[0][0] and not args.breakdown:
+    if not (checks[0][0] and checks[1][0]) and not args.breakdown:
         print("hint: --breakdown shows which part of the mining step costs the time")
     return 0 if all(ok for ok, _ in checks) else 1
 

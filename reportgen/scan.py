@@ -63,47 +63,67 @@ def _merge_top_k(vals, ids, pos, new_vals, new_ids, new_pos, k: int):
     return top.values, tf.gather(all_ids, top.indices, batch_dims=1), tf.gather(all_pos, top.indices, batch_dims=1)
 
 
-def _spatial_max(a):
-    """Per image and channel of a [batch, h, w, c] map: the maximum, and its first position in
-    row-major order (row * w + col).
+def _index_kind(a):
+    """int32 flat indices, or int64 where a batch of maps passes 2**31 elements."""
+    return tf.int64 if int(np.prod(a.shape)) >= 2**31 else tf.int32
 
-    On large maps a plain argmax over h*w reads the whole map again at a third of the speed of a
-    max. Instead: one max over each row (the only full read), the first row that holds the
-    maximum from that small [batch, h, c] tensor, then the first column holding it within that
-    one row, gathered. On small maps the fixed cost of the gather is larger than what it saves.
+
+def _gather_positions(a, positions):
+    """a: [b, h, w, c] with a static shape; positions: [b, c, k] spatial positions (row * w + col)
+    -> [b, c, k]: the values of map c of image b at those positions. One gather on the flat map."""
+    b, h, w, c = a.shape
+    kind = _index_kind(a)
+    base = np.arange(b)[:, None, None] * (h * w * c) + np.arange(c)[None, :, None]  # static [b, c, 1]
+    return tf.gather(tf.reshape(a, [-1]), tf.cast(positions, kind) * c + tf.constant(base, kind))
+
+
+def _spatial_max(a):
+    """Per image and channel of a [batch, h, w, c] map (static shape): the maximum, and its first
+    position in row-major order (row * w + col).
+
+    On large maps an argmax over h*w is slow (it reads the map again, element by element). Instead:
+    one max over each row (the only full read), the first row holding the maximum from that small
+    [batch, h, c] tensor, then the first column holding it within that one row, gathered. Few
+    ops: in this graph the number of small ops costs more than their arithmetic.
     """
-    batch, height, width, channels = tf.shape(a)[0], a.shape[1], a.shape[2], a.shape[3]
-    if height * width <= 400:
-        flat = tf.reshape(a, [batch, height * width, channels])
+    b, h, w, c = a.shape
+    if h * w <= 400:
+        flat = tf.reshape(a, [b, h * w, c])
         return tf.reduce_max(flat, axis=1), tf.argmax(flat, axis=1, output_type=tf.int32)
     row_max = tf.reduce_max(a, axis=2)  # [b, h, c]
-    m = tf.reduce_max(row_max, axis=1)  # [b, c]
     row = tf.argmax(row_max, axis=1, output_type=tf.int32)  # [b, c]: first row with the maximum
-    chosen_rows = _gather_windows(a, row, tf.zeros_like(row), 1, width)  # [b, c, w]
-    col = tf.argmax(chosen_rows, axis=2, output_type=tf.int32)  # first column with the maximum
-    return m, row * width + col
+    start = row * w
+    in_row = _gather_positions(a, start[:, :, None] + tf.constant(np.arange(w, dtype=np.int32)))  # [b, c, w]
+    return tf.reduce_max(row_max, axis=1), start + tf.argmax(in_row, axis=2, output_type=tf.int32)
 
 
-def _gather_windows(a, top, left, height: int, width: int):
-    """[b, c, height*width]: for every image b and channel c, the window of map c whose top-left
-    corner is (top[b, c], left[b, c]), in row-major order; positions outside the map read -inf.
+class _PoolWindows:
+    """Static tables for reading a map through the non-overlapping max-pool that covers it: for
+    each pool position, the map positions of its window (row-major) and which of them exist."""
 
-    Built from flat indices with the static part precomputed, so it costs a handful of small ops.
-    """
-    batch = tf.shape(a)[0]
-    rows, cols, channels = a.shape[1], a.shape[2], a.shape[3]
-    # 64-bit indices only where a batch of very large maps could pass 2**31 elements.
-    kind = tf.int64 if rows * cols * channels > 2**21 else tf.int32
-    dy, dx = np.divmod(np.arange(height * width), width)
-    offsets = tf.constant((dy * cols + dx)[None, :] * channels + np.arange(channels)[:, None], kind)  # [c, hw]
-    top, left = tf.cast(top, kind), tf.cast(left, kind)
-    start = ((tf.range(tf.cast(batch, kind))[:, None] * rows + top) * cols + left) * channels  # [b, c]
-    flat = start[:, :, None] + offsets[None]
-    values = tf.reshape(a, [-1])
-    if height == 1 and width == cols:  # a whole row: always inside the map
-        return tf.gather(values, flat)
-    inside = (top[:, :, None] + dy[None, None, :] < rows) & (left[:, :, None] + dx[None, None, :] < cols)
-    return tf.where(inside, tf.gather(values, tf.where(inside, flat, 0)), tf.constant(-np.inf, a.dtype))
+    def __init__(self, map_hw: tuple[int, int], pool) -> None:
+        (h, w), (ph, pw) = map_hw, pool.geometry.kernel
+        pool_h, pool_w = pool.spatial
+        pad_top = pad_left = 0
+        if pool.geometry.padding == "same":  # TensorFlow puts the odd padding pixel after
+            pad_top = max(pool_h * ph - h, 0) // 2
+            pad_left = max(pool_w * pw - w, 0) // 2
+        pr, pc = np.divmod(np.arange(pool_h * pool_w), pool_w)
+        dy, dx = np.divmod(np.arange(ph * pw), pw)
+        rows = pr[:, None] * ph - pad_top + dy[None, :]
+        cols = pc[:, None] * pw - pad_left + dx[None, :]
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        self.positions = tf.constant(np.where(inside, np.clip(rows, 0, h - 1) * w + np.clip(cols, 0, w - 1), 0), tf.int32)
+        self.inside = None if inside.all() else tf.constant(inside)
+
+    def first_max(self, a, pool_where):
+        """Position in `a` of the first maximum inside the pool's winning window ([b, c])."""
+        candidates = tf.gather(self.positions, pool_where)  # [b, c, window]
+        values = _gather_positions(a, candidates)
+        if self.inside is not None:
+            values = tf.where(tf.gather(self.inside, pool_where), values, tf.constant(-np.inf, a.dtype))
+        inner = tf.argmax(values, axis=2, output_type=tf.int32)
+        return tf.gather(candidates, inner[:, :, None], batch_dims=2)[:, :, 0]
 
 
 def _covering_pools(layers: list) -> dict[int, int]:
@@ -136,15 +156,28 @@ def _input(pixels, rescale: float):
 class _MiningStep:
     """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K."""
 
-    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], rescale: float) -> None:
+    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], rescale: float, batch_size: int) -> None:
         self.k = k
         self.rescale = rescale
         self.layers = traced.map_layers
         index = {node.name: i for i, node in enumerate(self.layers)}
         self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
-        self.via_pool = _covering_pools(self.layers)
+        self.via_pool = {
+            li: (pj, _PoolWindows(self.layers[li].spatial, self.layers[pj])) for li, pj in _covering_pools(self.layers).items()
+        }
         self.tap = traced.tap
-        self.step = tf.function(self._step, reduce_retracing=True)
+        spec = traced.spec
+        units = sum(node.channels for node in self.layers) + len(self.probe_slots)
+        table = [tf.TensorSpec([units, k], dtype) for dtype in (tf.float32, tf.int32, tf.int32)]
+        # One static shape (short batches are padded): traced once, and every shape is known in the graph.
+        self.step = tf.function(
+            self._step,
+            input_signature=[
+                tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], tf.uint8),
+                tf.TensorSpec([batch_size], tf.int32),
+                tuple(table),
+            ],
+        )
 
     def initial_state(self):
         """Running top K of every unit of every layer, then of every probe, as one [units, k] table each
@@ -160,29 +193,26 @@ class _MiningStep:
         """Every map layer's per-image, per-channel maximum [batch, units] and its position (per layer)."""
         reduced = {}
         for li in reversed(range(len(maps))):  # pools come after their inputs: reduce them first
-            a = maps[li]
             if li in self.via_pool:
-                pj = self.via_pool[li]
-                ph, pw = self.layers[pj].geometry.kernel
+                pj, windows = self.via_pool[li]
                 pool_max, pool_where = reduced[pj]
-                pool_width = maps[pj].shape[2]
-                top, left = (pool_where // pool_width) * ph, (pool_where % pool_width) * pw
-                inner = tf.argmax(_gather_windows(a, top, left, ph, pw), axis=2, output_type=tf.int32)
-                reduced[li] = (pool_max, (top + inner // pw) * a.shape[2] + left + inner % pw)
+                reduced[li] = (pool_max, windows.first_max(maps[li], pool_where))
             else:
-                reduced[li] = _spatial_max(a)
+                reduced[li] = _spatial_max(maps[li])
         batch_max = tf.concat([reduced[li][0] for li in range(len(maps))], axis=1)  # [batch, units]
         batch_max = tf.where(tf.math.is_nan(batch_max), tf.constant(-np.inf, batch_max.dtype), batch_max)
         return batch_max, [reduced[li][1] for li in range(len(maps))]
 
     def _step(self, pixels, ids, state):
+        """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K)."""
         outs = self.tap(_input(pixels, self.rescale), training=False)
         preds, maps = outs[0], outs[1:]
         batch_max, places = self.reduce(maps)
+        batch_max = tf.where(ids[:, None] >= 0, batch_max, tf.constant(-np.inf, batch_max.dtype))
         values = [batch_max]
         for li, row, col, ch in self.probe_slots:
             v = maps[li][:, row, col, ch][:, None]
-            values.append(tf.where(tf.math.is_nan(v), tf.constant(-np.inf, v.dtype), v))
+            values.append(tf.where(tf.math.is_nan(v) | (ids[:, None] < 0), tf.constant(-np.inf, v.dtype), v))
             places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
         new_vals = tf.transpose(tf.concat(values, axis=1))  # [units + probes, batch]
         new_pos = tf.transpose(tf.concat(places, axis=1))
@@ -245,7 +275,7 @@ def scan_dataset(
 ) -> ScanResult:
     """The one pass over the dataset: metrics, histograms and every unit's top K. Fills dataset.skipped."""
     probes = probes or []
-    miner = _MiningStep(traced, top_k, probes, rescale)
+    miner = _MiningStep(traced, top_k, probes, rescale, batch_size)
     state = miner.initial_state()
     units_per_layer = [node.channels for node in traced.map_layers]
     histograms = StreamingHistograms(sum(units_per_layer))
@@ -266,10 +296,15 @@ def scan_dataset(
     with _progress(len(dataset.records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
         pending = None
         for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped):
-            preds, maxima, state = miner.step(tf.constant(batch.pixels), tf.constant(batch.indices, tf.int32), state)
+            n = len(batch.indices)
+            pixels, ids = batch.pixels, batch.indices
+            if n < batch_size:  # pad the last batch: the step keeps one shape and is traced once
+                pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
+                ids = np.concatenate([ids, np.full(batch_size - n, -1, ids.dtype)])
+            preds, maxima, state = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), state)
             if pending is not None:
                 pending.result()
-            pending = stats.submit(update_stats, preds, maxima, batch.indices)
+            pending = stats.submit(update_stats, preds[:n], maxima[:n], batch.indices)
             seen += len(batch.indices)
             bar.update(seen + len(dataset.skipped) - bar.n)
         if pending is not None:
@@ -377,7 +412,11 @@ def gallery_data(
     failed: list = []
     with _progress(len(records), "drawing top images", quiet) as bar:
         for batch in iter_batches(records, traced.spec, batch_size, failed):
-            maps = [m.numpy() for m in small_maps(tf.constant(batch.pixels))]
+            pixels_in = batch.pixels
+            if len(pixels_in) < batch_size:  # one shape, one trace
+                pad = np.zeros((batch_size - len(pixels_in), *pixels_in.shape[1:]), pixels_in.dtype)
+                pixels_in = np.concatenate([pixels_in, pad])
+            maps = [m.numpy() for m in small_maps(tf.constant(pixels_in))]
             for b, image in enumerate(batch.indices):
                 image = int(image)
                 pixels[image] = batch.pixels[b]

@@ -223,7 +223,7 @@ def test_flat_folder_has_no_labels(tmp_path):
     assert result.num_images == 5
 
 
-@pytest.mark.parametrize("pool", ["same-odd", "overlapping", "valid-odd"])
+@pytest.mark.parametrize("pool", ["same-odd", "same-big", "overlapping", "valid-odd"])
 def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
     """Conv maxima come from the following max-pool when its windows cover the map exactly once."""
     import keras
@@ -235,6 +235,7 @@ def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
     keras.utils.set_random_seed(4)
     pooling = {
         "same-odd": keras.layers.MaxPooling2D(2, padding="same", name="pool"),  # 15 -> 8, last window half outside
+        "same-big": keras.layers.MaxPooling2D(6, padding="same", name="pool"),  # 15 -> 3: padding 1 before, 2 after
         "overlapping": keras.layers.MaxPooling2D(3, strides=2, name="pool"),  # windows overlap: read directly
         "valid-odd": keras.layers.MaxPooling2D(2, name="pool"),  # 15 -> 7 drops the last row: read directly
     }[pool]
@@ -244,7 +245,7 @@ def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
     make_dataset(tmp_path / "data", {"a": 6, "b": 5})
     dataset = discover(tmp_path / "data")
     traced = trace_model(model)
-    assert _covering_pools(traced.map_layers) == ({0: 1} if pool == "same-odd" else {})
+    assert _covering_pools(traced.map_layers) == ({0: 1} if pool.startswith("same") else {})
     result = scan_dataset(traced, dataset, top_k=4, batch_size=4, quiet=True)
     expected, _, _ = _brute_force(traced, dataset, 4, 4)
     for node in traced.map_layers:
