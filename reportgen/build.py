@@ -115,15 +115,17 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str,
         return chosen
     order = list(range(len(dataset.records)))
     random.Random(opts.seed).shuffle(order)
+    first_failure = ""
     for i in order:
         rec = dataset.records[i]
         try:
             pixels = load_pixels(rec.path, spec)
-        except BadImage:
+        except BadImage as exc:
+            first_failure = first_failure or f"{rec.rel}: {exc}"
             continue  # listed as skipped by the pass
         label = dataset.classes[rec.label] if rec.label is not None else None
         return [(rec.rel, label, pixels)]
-    raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read")
+    raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read ({first_failure}, ...)")
 
 
 def _keep(opts: BuildOptions) -> dict[str, Path]:

@@ -29,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from reportgen.dataset import Dataset, ImageRecord, iter_batches  # noqa: E402
+from reportgen.errors import UserError  # noqa: E402
 from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult  # noqa: E402
 from reportgen.stats import (  # noqa: E402
     ConfusionCounter,
@@ -283,6 +284,7 @@ def scan_dataset(
     confusion = ConfusionCounter(len(dataset.classes)) if mode != "none" else None
     loss = _LossMeter(traced.model, mode, traced.info.num_outputs)
     labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
+
     def update_stats(preds, maxima, indices) -> None:
         histograms.update(maxima.numpy())
         if confusion is not None:
@@ -310,9 +312,8 @@ def scan_dataset(
         if pending is not None:
             pending.result()
     if seen == 0:
-        from reportgen.errors import UserError
-
-        raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read (see the reasons above)")
+        first = dataset.skipped[0]
+        raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read ({first.path}: {first.reason}, ...)")
 
     vals, ids, pos = (t.numpy() for t in state)
     units: dict[str, list[UnitResult]] = {}

@@ -158,7 +158,6 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
     input_hw = (int(info.input_shape[1]), int(info.input_shape[2]))
     classes = dataset.classes
     map_layers = [n for n in info.nodes if n.is_map]
-    mode = scan.metrics.mode
 
     thumbs = {}
     for index in sorted(si.thumbnails):
