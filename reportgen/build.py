@@ -159,24 +159,24 @@ def gather(opts: BuildOptions) -> SiteInput:
     traced = trace_model(model, opts.model)
     probes = _probes(opts.units, traced)
     picked = choose_images(opts, dataset, traced.spec)
-
-    try:
-        scan = scan_dataset(
-            traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, probes=probes, quiet=opts.quiet
-        )
-    except (UserError, KeyboardInterrupt, MemoryError):
+    pixels = np.stack([p for _, _, p in picked])
+    try:  # the chosen images go first, in graph mode as in the pass: a model TensorFlow cannot run fails here
+        scores, maps = run_images(traced, pixels, opts.rescale)
+    except (KeyboardInterrupt, MemoryError):
         raise
-    except Exception as exc:  # the model itself fails on images (TensorFlow refuses it): the user's model, not us
+    except Exception as exc:
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise UserError(f"{opts.model}: the model fails when run on a batch of images: {message}") from None
+        raise UserError(f"{opts.model}: the model fails when run on an image: {message}") from None
+
+    scan = scan_dataset(
+        traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, probes=probes, quiet=opts.quiet
+    )
     for skipped in dataset.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if scan.metrics.note:
         log.warning("evaluation: %s", scan.metrics.note)
 
     mode, _ = classification_mode(traced.info.num_outputs, len(dataset.classes))
-    pixels = np.stack([p for _, _, p in picked])
-    scores, maps = run_images(traced, pixels, opts.rescale)
     chosen = [
         ChosenImage(
             path=shown,

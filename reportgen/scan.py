@@ -352,8 +352,12 @@ def _entries(vals: np.ndarray, ids: np.ndarray, pos: np.ndarray, width: int) -> 
 
 
 def run_images(traced: TracedModel, pixels: np.ndarray, rescale: float) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Full outputs for a few images: (scores [n, outputs], one [n, h, w, c] array per map layer)."""
-    outs = traced.tap(_input(pixels, rescale), training=False)
+    """Full outputs for a few images: (scores [n, outputs], one [n, h, w, c] array per map layer).
+
+    In graph mode, as the pass runs the model: some models run eagerly but not in a graph
+    (TensorFlow refuses layer names it cannot use as scope names), and this is where they fail.
+    """
+    outs = tf.function(lambda x: traced.tap(_input(x, rescale), training=False), autograph=False)(tf.constant(pixels))
     return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]]
 
 

@@ -150,7 +150,7 @@ def test_model_that_tensorflow_cannot_run_is_a_clear_error(tmp_path, tiny_data, 
     model.save(tmp_path / "evil.keras")
     code = main(["build", "--model", str(tmp_path / "evil.keras"), "--data", str(tiny_data), "--out", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "\n" not in err and "the model fails when run" in err
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "the model fails when run on an image" in err
     assert not (tmp_path / "out").exists()
 
 
