@@ -66,3 +66,26 @@ def build_site(model: Path, data: Path, out: Path, *extra: str) -> int:
     from reportgen.cli import main
 
     return main(["build", "--model", str(model), "--data", str(data), "--out", str(out), "-q", *extra])
+
+
+def rename_layers(si, rename: dict[str, str]) -> None:
+    """Give layers other names everywhere in a gathered SiteInput (plain data), e.g. hostile ones
+    that TensorFlow itself would refuse to run, to test the render stage with them."""
+    for node in si.info.nodes:
+        node.name = rename.get(node.name, node.name)
+        node.inputs = [rename.get(i, i) for i in node.inputs]
+        node.parent = rename.get(node.parent, node.parent) if node.parent else node.parent
+        node.alias_of = rename.get(node.alias_of, node.alias_of)
+    si.scan.units = {rename.get(k, k): v for k, v in si.scan.units.items()}
+    for units in si.scan.units.values():
+        for unit in units:
+            unit.layer = rename.get(unit.layer, unit.layer)
+    for probe in si.scan.probes:
+        probe.layer = rename.get(probe.layer, probe.layer)
+    si.fields = {rename.get(k, k): v for k, v in si.fields.items()}
+    si.heat = {rename.get(k, k): v for k, v in si.heat.items()}
+    for image in si.chosen:
+        image.maps = {rename.get(k, k): v for k, v in image.maps.items()}
+
+
+HOSTILE_LAYER_NAMES = {"c1": "<img src=x onerror=alert(1)>", "c2": 'a:b c#d%e?f"&<'}

@@ -28,8 +28,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from badfiles import make_dataset
-from conftest import build_site, tiny_sequential
+from badfiles import NASTY_NAMES, make_dataset, make_rgb_png
+from conftest import HOSTILE_LAYER_NAMES, build_site, rename_layers, tiny_sequential
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -163,7 +163,27 @@ def wide_site(tmp_path_factory) -> Site:
     return _load_site("wide", work / "site")
 
 
-SITES = {"demo": "demo_site", "tiny": "tiny_site"}
+@pytest.fixture(scope="session")
+def hostile_site(tmp_path_factory) -> Site:
+    """Layer names and file names that are HTML and URL syntax. TensorFlow will not run a model
+    whose layers are called like this, so the names are given to the gathered data before the
+    pages are rendered (the render stage works on plain data)."""
+    from reportgen.build import BuildOptions, gather
+    from reportgen.site import assemble_site
+    from reportgen.writer import write_site
+
+    work = tmp_path_factory.mktemp("browser_hostile")
+    tiny_sequential().save(work / "m.keras")
+    make_dataset(work / "data", {"cats": 6, "dogs": 5})
+    for i, stem in enumerate(NASTY_NAMES):
+        make_rgb_png(work / "data" / "dogs" / f"{stem}.png", seed=500 + i)
+    si = gather(BuildOptions(model=work / "m.keras", data=work / "data", out=work / "site", quiet=True, units=["c2:1:1:0"]))
+    rename_layers(si, HOSTILE_LAYER_NAMES)
+    write_site(work / "site", assemble_site(si))
+    return _load_site("hostile", work / "site")
+
+
+SITES = {"demo": "demo_site", "tiny": "tiny_site", "hostile": "hostile_site"}
 
 
 @pytest.fixture(params=sorted(SITES))
@@ -391,8 +411,8 @@ def check_pages(site: Site, w: Watcher, pages: list[str]) -> tuple[list[str], di
 
 def test_pages_load_clean_with_images_and_links(site, mode, watcher):
     """Every page (tiny) / a sample of every page kind (demo): no errors, images decode, links and anchors resolve."""
-    pages = site.pages() if site.name == "tiny" else site.sample_pages()
-    if site.name == "tiny":
+    pages = site.pages() if site.name in ("tiny", "hostile") else site.sample_pages()
+    if site.name in ("tiny", "hostile"):
         kinds = {p.split("/")[0] for p in pages}
         assert {"index.html", "layers", "units", "probes"} <= kinds, kinds
     problems, inventories = check_pages(site, watcher, pages)
@@ -609,3 +629,23 @@ def test_screenshots(browser, demo_site, tiny_site, wide_site):
         context.close()
     for path in written:
         assert path.is_file() and path.stat().st_size > 1000, path
+
+
+def test_hostile_names_are_text_and_run_no_script(browser, hostile_site, mode, servers):
+    """A layer called <img src=x onerror=alert(1)> and a file called "><img src=x onerror=alert(2)>.png
+    show as text on every page, and no script runs (no dialog opens)."""
+    context = browser.new_context()
+    page = context.new_page()
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    base = base_url(hostile_site, mode, servers)
+    seen_layer = seen_file = False
+    for rel in hostile_site.pages():
+        page.goto(base + rel, wait_until="load")
+        text = page.inner_text("body")
+        seen_layer |= HOSTILE_LAYER_NAMES["c1"] in text
+        seen_file |= '"><img src=x onerror=alert(2)>.png' in text
+        assert page.locator('img[src="x"]').count() == 0, rel
+    context.close()
+    assert dialogs == []
+    assert seen_layer and seen_file

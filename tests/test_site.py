@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import badfiles
-from conftest import build_site, load_like_keras, tiny_sequential
+from conftest import HOSTILE_LAYER_NAMES, build_site, load_like_keras, rename_layers, tiny_sequential
 from reportgen.site import broken_links, layer_page, unit_page
 
 
@@ -116,20 +116,7 @@ def test_layer_names_that_are_html_and_url_hostile(tmp_path, tiny_data):
 
     tiny_sequential().save(tmp_path / "m.keras")
     si = gather(BuildOptions(model=tmp_path / "m.keras", data=tiny_data, out=tmp_path / "unused", quiet=True, units=["c2:1:1:0"]))
-    rename = {"c1": "<img src=x onerror=alert(1)>", "c2": 'a:b c#d%e?f"&<'}
-    for node in si.info.nodes:
-        node.name = rename.get(node.name, node.name)
-        node.inputs = [rename.get(i, i) for i in node.inputs]
-    si.scan.units = {rename.get(k, k): v for k, v in si.scan.units.items()}
-    for units in si.scan.units.values():
-        for unit in units:
-            unit.layer = rename.get(unit.layer, unit.layer)
-    for probe in si.scan.probes:
-        probe.layer = rename.get(probe.layer, probe.layer)
-    si.fields = {rename.get(k, k): v for k, v in si.fields.items()}
-    si.heat = {rename.get(k, k): v for k, v in si.heat.items()}
-    for image in si.chosen:
-        image.maps = {rename.get(k, k): v for k, v in image.maps.items()}
+    rename_layers(si, HOSTILE_LAYER_NAMES)
     files = assemble_site(si)
     assert broken_links(files) == []
     text = "\n".join(v.decode() for k, v in files.items() if k.endswith(".html"))
