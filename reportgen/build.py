@@ -211,7 +211,7 @@ def gather(opts: BuildOptions) -> SiteInput:
         scan=scan,
         chosen=chosen,
         fields=fields,
-        thumbnails=gallery.pixels,
+        thumbnails=gallery.thumbnails,
         heat=gallery.heat,
         top_k=opts.top_k,
         max_channels=opts.max_channels,

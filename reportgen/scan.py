@@ -30,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from reportgen.dataset import Dataset, ImageRecord, iter_batches  # noqa: E402
 from reportgen.errors import UserError  # noqa: E402
+from reportgen.images import encode_thumbnail  # noqa: E402
 from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult  # noqa: E402
 from reportgen.stats import (  # noqa: E402
     ConfusionCounter,
@@ -365,7 +366,7 @@ def run_images(traced: TracedModel, pixels: np.ndarray, rescale: float) -> tuple
 class GalleryData:
     """What the unit pages draw: a thumbnail per image that made some top K, and the heatmaps."""
 
-    pixels: dict[int, np.ndarray]  # dataset index -> uint8 [h, w, c] model input
+    thumbnails: dict[int, tuple[bytes, str]]  # dataset index -> the model input encoded (bytes, extension)
     heat: dict[str, np.ndarray]  # layer -> uint8 [channels, k, h', w'], 255 = the unit's top value
     missing: list[int]  # images that made a top K but could not be read again
 
@@ -413,7 +414,7 @@ def gallery_data(
         return [tf.image.resize(a, size, method="area") if size != tuple(a.shape[1:3]) else a for a, size in zip(outs[1:], sizes)]
 
     records: list[ImageRecord] = [dataset.records[i] for i in sorted(wanted)]
-    pixels: dict[int, np.ndarray] = {}
+    thumbnails: dict[int, tuple[bytes, str]] = {}
     failed: list = []
     with _progress(len(records), "drawing top images", quiet) as bar:
         for batch in iter_batches(records, traced.spec, batch_size, failed):
@@ -424,14 +425,15 @@ def gallery_data(
             maps = [m.numpy() for m in small_maps(tf.constant(pixels_in))]
             for b, image in enumerate(batch.indices):
                 image = int(image)
-                pixels[image] = batch.pixels[b]
+                # encoded at once: a large dataset's gallery images would not fit in memory as pixels
+                thumbnails[image] = encode_thumbnail(batch.pixels[b])
                 for li, channel, rank in wanted[image]:
                     peak = peaks[li][channel]
                     if peak > 0:
                         m = np.clip(maps[li][b, :, :, channel] / peak, 0, 1)
                         heat[traced.map_layers[li].name][channel, rank] = np.round(m * 255).astype(np.uint8)
-            bar.update(len(pixels) + len(failed) - bar.n)
-    missing = sorted(set(wanted) - set(pixels))
+            bar.update(len(thumbnails) + len(failed) - bar.n)
+    missing = sorted(set(wanted) - set(thumbnails))
     if missing:
         log.warning("%d image(s) could not be read a second time for the galleries", len(missing))
-    return GalleryData(pixels=pixels, heat=heat, missing=missing)
+    return GalleryData(thumbnails=thumbnails, heat=heat, missing=missing)

@@ -56,7 +56,7 @@ class SiteInput:
     scan: ScanResult
     chosen: list[ChosenImage]
     fields: dict[str, ReceptiveField]
-    thumbnails: dict[int, np.ndarray]  # dataset index -> uint8 model input, for every image in a top K
+    thumbnails: dict[int, tuple[bytes, str]]  # dataset index -> encoded model input, for every image in a top K
     heat: dict[str, np.ndarray]  # layer -> uint8 [channels, k, h, w]
     top_k: int
     max_channels: int | None
@@ -161,7 +161,7 @@ def assemble_site(si: SiteInput) -> dict[str, bytes]:
 
     thumbs = {}
     for index in sorted(si.thumbnails):
-        data, ext = encode_thumbnail(si.thumbnails[index])
+        data, ext = si.thumbnails[index]
         thumbs[index] = assets.add("img", data, ext)
     records = dataset.records
 
