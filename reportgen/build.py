@@ -90,14 +90,15 @@ def _probes(specs: list[str], traced):
     return probes
 
 
-def _label_of(path: Path, dataset: Dataset) -> str | None:
-    if not dataset.classes:
-        return None
+def _in_dataset(path: Path, dataset: Dataset) -> tuple[str, str | None]:
+    """How an --image is shown (relative to the dataset root when it is inside it, as drawn images
+    are) and its class (its class folder, when it has one)."""
     try:
         rel = path.resolve().relative_to(dataset.root.resolve())
     except ValueError:
-        return None
-    return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in dataset.class_indices else None
+        return str(path), None
+    label = rel.parts[0] if dataset.classes and len(rel.parts) > 1 and rel.parts[0] in dataset.class_indices else None
+    return rel.as_posix(), label
 
 
 def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str, str | None, np.ndarray]]:
@@ -111,7 +112,8 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str,
                 pixels = load_pixels(path, spec)
             except BadImage as exc:
                 raise UserError(f"--image {path}: {exc}") from None
-            chosen.append((str(path), _label_of(path, dataset), pixels))
+            shown, label = _in_dataset(path, dataset)
+            chosen.append((shown, label, pixels))
         return chosen
     order = list(range(len(dataset.records)))
     random.Random(opts.seed).shuffle(order)
@@ -200,7 +202,7 @@ def gather(opts: BuildOptions) -> SiteInput:
         "rescale": opts.rescale,
         "seed": opts.seed,
         "max_channels": opts.max_channels,
-        "images": [str(p) for p in opts.images] or "one drawn at random (seed)",
+        "images": [shown for shown, _, _ in picked] if opts.images else "one drawn at random (seed)",
         "units": list(opts.units),
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""

@@ -96,6 +96,8 @@ def run_demo(out: Path, *, workdir: Path | None = None, epochs: int | None = Non
         return build(
             BuildOptions(
                 model=model_path, data=train, out=Path(out), seed=seed, force=force, quiet=quiet,
-                units=["conv2d_3:3:3:0"], model_label=model_path.name, data_label="data/train",
+                # a face image, and a position of conv2d_3 near the mouth that fires on faces
+                images=[train / "faces" / "faces_053.png"], units=["conv2d_3:10:7:114"],
+                model_label=model_path.name, data_label="data/train",
             )
         )

@@ -187,7 +187,7 @@ def test_chosen_images_from_option(tmp_path, tiny_model_path, tiny_data):
     inside = tiny_data / "dogs" / "img_001.png"
     assert build_site(tiny_model_path, tiny_data, tmp_path / "out", "--image", str(outside), "--image", str(inside)) == 0
     r = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert [(i["path"], i["label"]) for i in r["images"]] == [(str(outside), None), (str(inside), "dogs")]
+    assert [(i["path"], i["label"]) for i in r["images"]] == [(str(outside), None), ("dogs/img_001.png", "dogs")]
     assert all(len(l["sparsity_per_image"]) == 2 for l in r["layers"])
 
 
