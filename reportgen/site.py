@@ -150,206 +150,197 @@ class _Assets:
 
 
 def assemble_site(si: SiteInput) -> dict[str, bytes]:
-    env = _environment()
-    assets = _Assets()
-    files: dict[str, bytes] = {}
-    files.update(_static_files())
-    info, dataset, scan = si.info, si.dataset, si.scan
-    input_hw = (int(info.input_shape[1]), int(info.input_shape[2]))
-    classes = dataset.classes
-    map_layers = [n for n in info.nodes if n.is_map]
+    """Every file of the site, by relative path: pages, images, static assets, report.json."""
+    return _Assembler(si).files()
 
-    thumbs = {}
-    for index in sorted(si.thumbnails):
-        data, ext = si.thumbnails[index]
-        thumbs[index] = assets.add("img", data, ext)
-    records = dataset.records
 
-    def image_view(index: int) -> dict:
-        rec = records[index]
-        return {
-            "index": index,
-            "thumb": thumbs.get(index),
-            "rel": rec.rel,
-            "label": classes[rec.label] if rec.label is not None else None,
-        }
+class _Assembler:
+    """Builds the views (plain dicts for the templates) and renders every page of one site."""
 
-    chosen_views = []
-    for i, img in enumerate(si.chosen):
-        data, ext = encode_thumbnail(img.pixels)
-        chosen_views.append(
-            {
-                "number": i + 1,
-                "path": img.path,
-                "label": img.label,
-                "prediction": img.prediction,
-                "scores": [float(s) for s in np.ravel(img.scores)][:20],
-                "thumb": assets.add("img", data, ext),
-            }
-        )
+    def __init__(self, si: SiteInput) -> None:
+        self.si = si
+        self.env = _environment()
+        self.assets = _Assets()
+        self.pages: dict[str, str] = {}
+        info = si.info
+        self.input_hw = (int(info.input_shape[1]), int(info.input_shape[2]))
+        self.classes = si.dataset.classes
+        self.thumbs = {index: self.assets.add("img", *si.thumbnails[index]) for index in sorted(si.thumbnails)}
 
-    # Feature maps of the chosen images, one grid per (layer, image).
-    layer_views: list[dict] = []
-    for position, node in enumerate(map_layers):
-        units = scan.units[node.name]
-        rf = si.fields[node.name]
+    def files(self) -> dict[str, bytes]:
+        chosen = self.chosen_views()
+        layers = [self.layer_view(position, chosen) for position in range(len(self.map_layers))]
+        for lv in layers:
+            self.render_layer_and_units(lv)
+        by_name = {lv["node"].name: lv for lv in layers}
+        probes = [self.render_probe(probe, by_name[probe.layer]) for probe in self.si.scan.probes]
+        self.render_index(chosen, layers, by_name, probes)
+
+        files = _static_files()
+        files.update(self.assets.files)
+        files.update({path: text.encode("utf-8") for path, text in self.pages.items()})
+        files["report.json"] = to_json(report_data(self.si, layers, probes))
+        files[".nojekyll"] = b""
+        return files
+
+    @property
+    def map_layers(self) -> list[LayerNode]:
+        return [n for n in self.si.info.nodes if n.is_map]
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def chosen_views(self) -> list[dict]:
+        views = []
+        for i, img in enumerate(self.si.chosen):
+            data, ext = encode_thumbnail(img.pixels)
+            views.append(
+                {
+                    "number": i + 1,
+                    "path": img.path,
+                    "label": img.label,
+                    "prediction": img.prediction,
+                    "scores": [float(s) for s in np.ravel(img.scores)][:20],
+                    "thumb": self.assets.add("img", data, ext),
+                }
+            )
+        return views
+
+    def layer_view(self, position: int, chosen: list[dict]) -> dict:
+        """One layer: its units, receptive field, and the feature-map grid of every chosen image."""
+        map_layers = self.map_layers
+        node = map_layers[position]
+        units = self.si.scan.units[node.name]
         grids = []
-        for img, cv in zip(si.chosen, chosen_views):
+        for img, view in zip(self.si.chosen, chosen):
             maps = img.maps[node.name]
-            sparsity = float(np.mean(maps == 0)) if maps.size else 0.0
-            shown = maps[:, :, : si.max_channels] if si.max_channels else maps
+            shown = maps[:, :, : self.si.max_channels] if self.si.max_channels else maps
             grid, layout = feature_grid(shown)
             grids.append(
                 {
-                    "image": cv,
-                    "png": assets.add("maps", encode_png(grid), "png", slug(node.name)),
+                    "image": view,
+                    "png": self.assets.add("maps", encode_png(grid), "png", slug(node.name)),
                     "layout": layout,
-                    "tiles": [
-                        {"channel": ch, "box": layout.tile_box(ch), "dead": ch in layout.dead}
-                        for ch in range(layout.channels)
-                    ],
-                    "sparsity": sparsity,
+                    "tiles": [{"channel": ch, "box": layout.tile_box(ch), "dead": ch in layout.dead} for ch in range(layout.channels)],
+                    "sparsity": float(np.mean(maps == 0)) if maps.size else 0.0,
                     "shown": shown.shape[-1],
                 }
             )
-        dead = [u.channel for u in units if u.dead]
-        layer_views.append(
-            {
-                "node": node,
-                "page": layer_page(node.name),
-                "slug": slug(node.name),
-                "units": units,
-                "dead": dead,
-                "rf": rf,
-                "grids": grids,
-                "sparsity": grids[0]["sparsity"] if grids else None,
-                "prev": layer_page(map_layers[position - 1].name) if position > 0 else None,
-                "next": layer_page(map_layers[position + 1].name) if position + 1 < len(map_layers) else None,
-            }
-        )
-    by_name = {lv["node"].name: lv for lv in layer_views}
+        return {
+            "node": node,
+            "page": layer_page(node.name),
+            "slug": slug(node.name),
+            "units": units,
+            "dead": [u.channel for u in units if u.dead],
+            "rf": self.si.fields[node.name],
+            "grids": grids,
+            "sparsity": grids[0]["sparsity"] if grids else None,
+            "prev": layer_page(map_layers[position - 1].name) if position > 0 else None,
+            "next": layer_page(map_layers[position + 1].name) if position + 1 < len(map_layers) else None,
+        }
 
-    def overlay_view(node: LayerNode, row: int, col: int) -> dict:
-        ov = unit_overlay(si.fields[node.name], input_hw, node.spatial, row, col)
-        return {"cell": ov.cell, "box": ov.box, "clipped": ov.box_clipped}
-
-    def gallery(node: LayerNode, entries, with_heat: bool = False) -> list[dict]:
-        n = len(entries)
+    def gallery(self, node: LayerNode, entries, with_heat: bool = False) -> list[dict]:
+        """Cards of a top-K list: image, score, class, position, overlay geometry, heat-sprite row."""
+        records, n = self.si.dataset.records, len(entries)
         cards = []
         for rank, entry in enumerate(entries):
-            view = image_view(entry.image)
-            view.update(
+            rec = records[entry.image]
+            overlay = unit_overlay(self.si.fields[node.name], self.input_hw, node.spatial, entry.row, entry.col)
+            cards.append(
                 {
+                    "index": entry.image,
+                    "thumb": self.thumbs.get(entry.image),
+                    "rel": rec.rel,
+                    "label": self.classes[rec.label] if rec.label is not None else None,
                     "rank": rank + 1,
                     "value": entry.value,
                     "row": entry.row,
                     "col": entry.col,
-                    "overlay": overlay_view(node, entry.row, entry.col),
+                    "overlay": {"cell": overlay.cell, "box": overlay.box, "clipped": overlay.box_clipped},
                     "sprite": with_heat,
                     "sprite_pos": 0 if n <= 1 else round(rank / (n - 1) * 100, 4),
                 }
             )
-            cards.append(view)
         return cards
 
-    def page_context(page: str, **extra) -> dict:
-        def url(target: str | None) -> str:
-            return _rel(page, target) if target else ""
-
-        ctx = {
-            "url": url,
-            "model_name": info.name,
-            "index_page": url("index.html"),
-            "static": url("static/style.css"),
-            "footer_note": si.footer_note,
-        }
-        ctx.update(extra)
-        return ctx
-
-    def grid_pattern(node: LayerNode) -> dict:
+    def grid_pattern(self, node: LayerNode) -> dict:
         rows, cols = node.spatial
-        cell = (input_hw[0] / rows, input_hw[1] / cols)
+        cell = (self.input_hw[0] / rows, self.input_hw[1] / cols)
         # lines closer than 8 input pixels would hide the image: drawn only when asked for
         return {"rows": rows, "cols": cols, "ch": cell[0], "cw": cell[1], "dense": min(cell) < 8}
 
-    pages: dict[str, str] = {}
-    unit_template = env.get_template("unit.html")
-    layer_template = env.get_template("layer.html")
-    for lv in layer_views:
+    # -- pages ---------------------------------------------------------------------------------
+
+    def render(self, template: str, page: str, **context) -> None:
+        def url(target: str | None) -> str:
+            return _rel(page, target) if target else ""
+
+        self.pages[page] = self.env.get_template(template).render(
+            url=url,
+            model_name=self.si.info.name,
+            index_page=url("index.html"),
+            static=url("static/style.css"),
+            footer_note=self.si.footer_note,
+            input_hw=self.input_hw,
+            **context,
+        )
+
+    def render_layer_and_units(self, lv: dict) -> None:
         node = lv["node"]
-        pattern = grid_pattern(node)
-        heat = si.heat.get(node.name)
+        pattern = self.grid_pattern(node)
+        heat = self.si.heat.get(node.name)
         overview = []
         for unit in lv["units"]:
             page = unit_page(node.name, unit.channel)
             sprite = None
             if heat is not None and unit.top and not unit.dead:
-                sprite = assets.add("heat", encode_png(heat_sprite(heat[unit.channel, : len(unit.top)])), "png")
-            cards = gallery(node, unit.top, with_heat=sprite is not None)
+                sprite = self.assets.add("heat", encode_png(heat_sprite(heat[unit.channel, : len(unit.top)])), "png")
+            cards = self.gallery(node, unit.top, with_heat=sprite is not None)
             class_counts = collections.Counter(c["label"] for c in cards if c["label"] is not None)
-            pages[page] = unit_template.render(
-                page_context(
-                    page,
-                    layer=lv,
-                    unit=unit,
-                    cards=cards,
-                    sprite=sprite,
-                    pattern=pattern,
-                    input_hw=input_hw,
-                    class_counts=[(name, class_counts.get(name, 0)) for name in classes],
-                    histogram=_histogram_bars(unit),
-                    prev_unit=unit_page(node.name, unit.channel - 1) if unit.channel > 0 else None,
-                    next_unit=unit_page(node.name, unit.channel + 1) if unit.channel + 1 < len(lv["units"]) else None,
-                    top_k=si.top_k,
-                )
+            self.render(
+                "unit.html",
+                page,
+                layer=lv,
+                unit=unit,
+                cards=cards,
+                sprite=sprite,
+                pattern=pattern,
+                class_counts=[(name, class_counts.get(name, 0)) for name in self.classes],
+                histogram=_histogram_bars(unit),
+                prev_unit=unit_page(node.name, unit.channel - 1) if unit.channel > 0 else None,
+                next_unit=unit_page(node.name, unit.channel + 1) if unit.channel + 1 < len(lv["units"]) else None,
+                top_k=self.si.top_k,
             )
             overview.append({"unit": unit, "page": page, "best": cards[0] if cards else None})
-        pages[lv["page"]] = layer_template.render(
-            page_context(lv["page"], layer=lv, overview=overview, input_hw=input_hw, pattern=pattern, max_channels=si.max_channels)
-        )
+        self.render("layer.html", lv["page"], layer=lv, overview=overview, pattern=pattern, max_channels=self.si.max_channels)
 
-    probe_views = []
-    for probe in scan.probes:
-        node = by_name[probe.layer]["node"]
+    def render_probe(self, probe, lv: dict) -> dict:
+        node = lv["node"]
         page = f"{PROBE_DIR}/{slug(probe.layer)}_{probe.row}_{probe.col}_{probe.channel}.html"
-        probe_views.append({"probe": probe, "page": page, "layer": by_name[probe.layer]})
-        pages[page] = env.get_template("probe.html").render(
-            page_context(
-                page,
-                probe=probe,
-                layer=by_name[probe.layer],
-                cards=gallery(node, probe.top),
-                pattern=grid_pattern(node),
-                input_hw=input_hw,
-            )
+        self.render("probe.html", page, probe=probe, layer=lv, cards=self.gallery(node, probe.top), pattern=self.grid_pattern(node))
+        return {"probe": probe, "page": page, "layer": lv}
+
+    def render_index(self, chosen: list[dict], layers: list[dict], by_name: dict, probes: list[dict]) -> None:
+        si, dataset = self.si, self.si.dataset
+        class_sizes = collections.Counter(r.label for r in dataset.records)
+        self.render(
+            "index.html",
+            "index.html",
+            info=si.info,
+            rows=si.info.nodes,
+            layers=by_name,
+            layer_views=layers,
+            metrics=si.scan.metrics,
+            classes=self.classes,
+            class_sizes=[(name, class_sizes.get(i, 0)) for i, name in enumerate(self.classes)],
+            dataset=dataset,
+            data_label=si.data_label or str(dataset.root),
+            num_images=si.scan.num_images,
+            chosen=chosen,
+            probes=probes,
+            options=si.options,
+            total_dead=sum(len(lv["dead"]) for lv in layers),
+            total_units=sum(len(lv["units"]) for lv in layers),
         )
-
-    class_sizes = collections.Counter(r.label for r in records)
-    index_ctx = page_context(
-        "index.html",
-        info=info,
-        rows=info.nodes,
-        layers=by_name,
-        layer_views=layer_views,
-        metrics=scan.metrics,
-        classes=classes,
-        class_sizes=[(name, class_sizes.get(i, 0)) for i, name in enumerate(classes)],
-        dataset=dataset,
-        data_label=si.data_label or str(dataset.root),
-        num_images=scan.num_images,
-        chosen=chosen_views,
-        probes=probe_views,
-        options=si.options,
-        total_dead=sum(len(lv["dead"]) for lv in layer_views),
-        total_units=sum(len(lv["units"]) for lv in layer_views),
-    )
-    pages["index.html"] = env.get_template("index.html").render(index_ctx)
-
-    files.update(assets.files)
-    files.update({path: text.encode("utf-8") for path, text in pages.items()})
-    files["report.json"] = to_json(report_data(si, layer_views, probe_views))
-    files[".nojekyll"] = b""
-    return files
 
 
 def report_data(si: SiteInput, layer_views: list[dict], probe_views: list[dict]) -> dict:
