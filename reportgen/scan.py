@@ -385,7 +385,8 @@ def gallery_data(
     """Re-read only the images in some top-K list, for thumbnails and per-unit heatmaps.
 
     Heatmaps are the unit's map on that image, area-downsampled in the graph to at most
-    `heat_side` pixels a side and scaled so 255 is the unit's top value over the dataset.
+    `heat_side` pixels a side and scaled so 255 is the unit's top value over the dataset. Only the
+    maps some unit needs leave the graph.
     """
     wanted: dict[int, list[tuple[int, int, int]]] = {}  # image -> [(layer index, channel, rank)]
     sizes = []
@@ -408,10 +409,21 @@ def gallery_data(
         for node in traced.map_layers
     ]
 
-    @tf.function(reduce_retracing=True)
-    def small_maps(pixels):
+    spec = traced.spec
+    n_layers = len(traced.map_layers)
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], tf.uint8)]
+        + [tf.TensorSpec([None, 2], tf.int32)] * n_layers
+    )
+    def chosen_maps(pixels, *picks):
+        """Per layer, only the (image, channel) maps some unit needs, area-downsampled: [m, h', w']."""
         outs = traced.tap(_input(pixels, rescale), training=False)
-        return [tf.image.resize(a, size, method="area") if size != tuple(a.shape[1:3]) else a for a, size in zip(outs[1:], sizes)]
+        chosen = []
+        for a, size, pick in zip(outs[1:], sizes, picks):
+            small = tf.image.resize(a, size, method="area") if size != tuple(a.shape[1:3]) else a
+            chosen.append(tf.gather_nd(tf.transpose(small, [0, 3, 1, 2]), pick))
+        return chosen
 
     records: list[ImageRecord] = [dataset.records[i] for i in sorted(wanted)]
     thumbnails: dict[int, tuple[bytes, str]] = {}
@@ -422,16 +434,22 @@ def gallery_data(
             if len(pixels_in) < batch_size:  # one shape, one trace
                 pad = np.zeros((batch_size - len(pixels_in), *pixels_in.shape[1:]), pixels_in.dtype)
                 pixels_in = np.concatenate([pixels_in, pad])
-            maps = [m.numpy() for m in small_maps(tf.constant(pixels_in))]
-            for b, image in enumerate(batch.indices):
-                image = int(image)
+            slots: list[list[tuple[int, int]]] = [[] for _ in range(n_layers)]  # per layer: (channel, rank)
+            picks: list[list[tuple[int, int]]] = [[] for _ in range(n_layers)]  # per layer: (image in batch, channel)
+            for b, image in enumerate(batch.indices.tolist()):
                 # encoded at once: a large dataset's gallery images would not fit in memory as pixels
                 thumbnails[image] = encode_thumbnail(batch.pixels[b])
                 for li, channel, rank in wanted[image]:
-                    peak = peaks[li][channel]
-                    if peak > 0:
-                        m = np.clip(maps[li][b, :, :, channel] / peak, 0, 1)
-                        heat[traced.map_layers[li].name][channel, rank] = np.round(m * 255).astype(np.uint8)
+                    picks[li].append((b, channel))
+                    slots[li].append((channel, rank))
+            maps = chosen_maps(tf.constant(pixels_in), *[tf.constant(np.array(p, np.int32).reshape(-1, 2)) for p in picks])
+            for li, node in enumerate(traced.map_layers):
+                if not slots[li]:
+                    continue
+                channels, ranks = np.array(slots[li]).T
+                peak = peaks[li][channels][:, None, None]
+                scaled = np.clip(maps[li].numpy() / np.where(peak > 0, peak, 1), 0, 1) * (peak > 0)
+                heat[node.name][channels, ranks] = np.round(scaled * 255).astype(np.uint8)
             bar.update(len(thumbnails) + len(failed) - bar.n)
     missing = sorted(set(wanted) - set(thumbnails))
     if missing:
