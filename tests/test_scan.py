@@ -253,3 +253,35 @@ def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
             want = expected[(node.name, unit.channel)]
             assert [(e.image, e.row, e.col) for e in unit.top] == [(w[0], int(w[2]), int(w[3])) for w in want]
             np.testing.assert_array_equal([e.value for e in unit.top], np.array([w[1] for w in want], dtype=np.float32))
+
+
+def test_gallery_heatmaps_and_thumbnails_match_the_maps(tmp_path):
+    """Each heatmap row is the unit's map on that image (255 = the unit's top value); thumbnails are the model input."""
+    from PIL import Image
+    import io
+
+    from reportgen.dataset import discover
+    from reportgen.model import trace_model
+    from reportgen.scan import gallery_data, run_images, scan_dataset
+
+    model = tiny_sequential()
+    make_dataset(tmp_path / "data", {"a": 5, "b": 4})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    result = scan_dataset(traced, dataset, top_k=3, batch_size=4, quiet=True)
+    gallery = gallery_data(traced, dataset, result, top_k=3, batch_size=4, rescale=1 / 255, quiet=True)
+    wanted = {e.image for units in result.units.values() for u in units for e in u.top}
+    assert set(gallery.thumbnails) == wanted and gallery.missing == []
+    from reportgen.dataset import load_pixels
+
+    for image in wanted:
+        data, ext = gallery.thumbnails[image]
+        assert ext == "png"  # 16 x 16: exact
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), load_pixels(dataset.records[image].path, traced.spec))
+    for li, node in enumerate(traced.map_layers):  # maps of at most 32 pixels a side are not resized
+        for unit in result.units[node.name]:
+            for rank, entry in enumerate(unit.top):
+                _, maps = run_images(traced, load_pixels(dataset.records[entry.image].path, traced.spec)[None], 1 / 255)
+                m = maps[li][0, :, :, unit.channel]
+                expected = np.round(np.clip(m / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(m)
+                np.testing.assert_allclose(gallery.heat[node.name][unit.channel, rank], expected, atol=1)
