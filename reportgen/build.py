@@ -154,8 +154,13 @@ def gather(opts: BuildOptions) -> SiteInput:
     log.info("dataset %s: %d image files%s", dataset.root, len(dataset.records),
              f" in {len(dataset.classes)} classes" if dataset.classes else " (flat folder, no labels)")
 
-    from reportgen.model import load_model, trace_model  # TensorFlow loads here, after the cheap checks
-    from reportgen.scan import gallery_data, run_images, scan_dataset
+    try:  # TensorFlow loads here, after the cheap checks
+        from reportgen.model import load_model, trace_model
+        from reportgen.scan import gallery_data, run_images, scan_dataset
+    except ImportError as exc:
+        raise UserError(
+            f"TensorFlow with Keras 3 is needed ({exc}): pip install 'reportgen[cpu]' (CPU) or 'reportgen[tf]' (full TensorFlow)"
+        ) from None
 
     model = load_model(opts.model, unsafe=opts.unsafe)
     traced = trace_model(model, opts.model)
