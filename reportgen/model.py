@@ -205,10 +205,8 @@ class _Tracer:
         produced: dict[tuple[str, int], list] = {}
         for (name, _, _), tensor in zip(refs(config["input_layers"]), inputs):
             produced[(name, 0)] = [tensor]
-            if depth == 0:
+            if depth == 0:  # a nested model's inputs are its caller's tensors, already recorded
                 self.record(model.get_layer(name), self._unique(prefix + name), [], tensor, depth, parent)
-            else:
-                self.producer.setdefault(id(tensor), self.producer.get(id(tensor), ""))
 
         def resolve(obj):
             if isinstance(obj, dict):
