@@ -87,7 +87,8 @@ def make_model(path: Path) -> Path:
 def load(model_path: Path):
     from reportgen.model import load_model, trace_model
 
-    return trace_model(load_model(model_path), model_path)
+    loaded = load_model(model_path)
+    return trace_model(loaded.model, model_path, loss=loaded.loss)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def mine_pass(traced, dataset, batch_size: int, top_k: int) -> Marks:
     original = scan.iter_batches
     scan.iter_batches = marks.wrap(original)
     try:
-        result = scan.scan_dataset(traced, dataset, top_k=top_k, batch_size=batch_size, rescale=RESCALE, quiet=True)
+        result = scan.scan_dataset(traced, dataset, top_k=top_k, batch_size=batch_size, quiet=True)
     finally:
         scan.iter_batches = original
     marks.end = time.perf_counter()
@@ -277,7 +278,7 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
         return outs[0], outs[1:]  # every map leaves the function, as in the mining step's inputs
 
     predict = predict_function(model)
-    miner = scan._MiningStep(traced, top_k, [], RESCALE, batch_size)
+    miner = scan._MiningStep(traced, top_k, [], scan.DEFAULT_PREPROCESSING, batch_size)
 
     @tf.function(reduce_retracing=True)
     def reductions(px):

@@ -22,7 +22,8 @@ from reportgen.errors import UserError
 from reportgen.receptive import receptive_fields
 from reportgen.report import ChosenImage
 from reportgen.site import SiteInput, assemble_site, broken_links
-from reportgen.stats import classification_mode, prediction_text
+from reportgen.images import to_uint8
+from reportgen.stats import as_probabilities, classification_mode, prediction_text
 from reportgen.writer import check_target, write_site
 
 log = logging.getLogger("reportgen")
@@ -40,7 +41,11 @@ class BuildOptions:
     force: bool = False
     top_k: int = 16
     units: list[str] = field(default_factory=list)  # LAYER:ROW:COL:CHANNEL
-    rescale: float = 1 / 255
+    preprocess: str = "auto"  # auto | rescale | none | tf | torch | caffe
+    rescale: float | None = None  # the scale of --preprocess rescale (default 1/255)
+    interpolation: str = "nearest"
+    input_size: tuple[int, int] | None = None  # for models whose input height/width are not fixed
+    output: str | None = None  # which output to evaluate, for models with several
     unsafe: bool = False
     quiet: bool = False
     timestamp: bool = False
@@ -101,7 +106,7 @@ def _in_dataset(path: Path, dataset: Dataset) -> tuple[str, str | None]:
     return rel.as_posix(), label
 
 
-def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str, str | None, np.ndarray]]:
+def choose_images(opts: BuildOptions, dataset: Dataset, spec, resize=None) -> list[tuple[str, str | None, np.ndarray]]:
     """(shown path, class or None, pixels) of each image drawn through the network."""
     chosen = []
     if opts.images:
@@ -109,7 +114,7 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str,
             if not path.is_file():
                 raise UserError(f"--image {path}: no such file")
             try:
-                pixels = load_pixels(path, spec)
+                pixels = load_pixels(path, spec, resize)
             except BadImage as exc:
                 raise UserError(f"--image {path}: {exc}") from None
             shown, label = _in_dataset(path, dataset)
@@ -121,7 +126,7 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec) -> list[tuple[str,
     for i in order:
         rec = dataset.records[i]
         try:
-            pixels = load_pixels(rec.path, spec)
+            pixels = load_pixels(rec.path, spec, resize)
         except BadImage as exc:
             first_failure = first_failure or f"{rec.rel}: {exc}"
             continue  # listed as skipped by the pass
@@ -156,19 +161,32 @@ def gather(opts: BuildOptions) -> SiteInput:
 
     try:  # TensorFlow loads here, after the cheap checks
         from reportgen.model import load_model, trace_model
+        from reportgen.model.preprocess import choose_preprocessing, resizer
         from reportgen.scan import gallery_data, run_images, scan_dataset
     except ImportError as exc:
         raise UserError(
             f"TensorFlow with Keras 3 is needed ({exc}): pip install 'reportgen[cpu]' (CPU) or 'reportgen[tf]' (full TensorFlow)"
         ) from None
 
-    model = load_model(opts.model, unsafe=opts.unsafe)
-    traced = trace_model(model, opts.model)
+    loaded = load_model(opts.model, unsafe=opts.unsafe)
+    for repair in loaded.repairs:
+        log.info("repaired (in a temporary copy): %s [%s]", repair.what, ", ".join(repair.layers[:5]) + (", ..." if len(repair.layers) > 5 else ""))
+    traced = trace_model(
+        loaded.model, opts.model, loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation
+    )
+    traced.info.file_format, traced.info.repairs = loaded.file_format, loaded.repairs
+    preprocessing, warnings = choose_preprocessing(
+        loaded.model, traced.spec.channels, mode=opts.preprocess, rescale=opts.rescale, interpolation=opts.interpolation
+    )
+    for warning in warnings:
+        log.warning("warning: %s", warning)
+    if traced.loss.note and traced.info.num_outputs:
+        log.warning("loss not computed: %s", traced.loss.note)
     probes = _probes(opts.units, traced)
-    picked = choose_images(opts, dataset, traced.spec)
+    picked = choose_images(opts, dataset, traced.spec, resizer(traced.spec))
     pixels = np.stack([p for _, _, p in picked])
     try:  # the chosen images go first, in graph mode as in the pass: a model TensorFlow cannot run fails here
-        scores, maps = run_images(traced, pixels, opts.rescale)
+        scores, maps = run_images(traced, pixels, preprocessing)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
@@ -176,7 +194,7 @@ def gather(opts: BuildOptions) -> SiteInput:
         raise UserError(f"{opts.model}: the model fails when run on an image: {message}") from None
 
     scan = scan_dataset(
-        traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, probes=probes, quiet=opts.quiet
+        traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=preprocessing, probes=probes, quiet=opts.quiet
     )
     for skipped in dataset.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
@@ -184,19 +202,21 @@ def gather(opts: BuildOptions) -> SiteInput:
         log.warning("evaluation: %s", scan.metrics.note)
 
     mode, _ = classification_mode(traced.info.num_outputs, len(dataset.classes))
+    logits = traced.info.head.logits
     chosen = [
         ChosenImage(
             path=shown,
             label=label,
-            scores=[float(s) for s in scores[i]],
-            prediction=prediction_text(scores[i], dataset.classes, mode),
-            pixels=pixels[i],
+            scores=[float(s) for s in as_probabilities(scores[i], logits)],
+            prediction=prediction_text(scores[i], dataset.classes, mode, logits),
+            pixels=to_uint8(pixels[i]),
             maps={node.name: maps[j][i] for j, node in enumerate(traced.map_layers)},
+            raw_scores=[float(s) for s in scores[i]] if logits else None,
         )
         for i, (shown, label, _) in enumerate(picked)
     ]
     gallery = gallery_data(
-        traced, dataset, scan, top_k=opts.top_k, batch_size=opts.batch_size, rescale=opts.rescale, quiet=opts.quiet
+        traced, dataset, scan, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=preprocessing, quiet=opts.quiet
     )
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
@@ -204,7 +224,11 @@ def gather(opts: BuildOptions) -> SiteInput:
     options = {
         "top_k": opts.top_k,
         "batch_size": opts.batch_size,
+        "preprocess": opts.preprocess,
         "rescale": opts.rescale,
+        "interpolation": opts.interpolation,
+        "input_size": list(opts.input_size) if opts.input_size else None,
+        "output": opts.output,
         "seed": opts.seed,
         "max_channels": opts.max_channels,
         "images": [shown for shown, _, _ in picked] if opts.images else "one drawn at random (seed)",
@@ -225,4 +249,6 @@ def gather(opts: BuildOptions) -> SiteInput:
         options=options,
         footer_note=footer,
         data_label=opts.data_label or str(dataset.root),
+        preprocessing=preprocessing,
+        warnings=warnings,
     )

@@ -7,7 +7,9 @@ Exit status: 0 done, 2 bad input or usage (one line `error: ...` on stderr, no t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -54,7 +56,20 @@ def _rescale(text: str) -> float:
     return value
 
 
+def _size(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    try:
+        h, w = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected H,W (e.g. 224,224)") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be 1 or more")
+    return h, w
+
+
 def _parser() -> argparse.ArgumentParser:
+    from reportgen.model.preprocess import INTERPOLATIONS, MODES
+
     parser = _Parser(prog="reportgen", description="A static site of what a Keras image classifier computes, layer by layer and unit by unit.")
     parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{build,demo}")
@@ -69,7 +84,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-channels", type=_positive_int, default=None, metavar="N", help="draw only the first N channels of each layer's feature maps")
     b.add_argument("--top-k", type=_positive_int, default=16, metavar="K", help="top images kept per unit (default 16)")
     b.add_argument("--unit", action="append", default=[], metavar="LAYER:ROW:COL:CHANNEL", help="also rank images by one position of one channel, as the notebook did (repeatable)")
-    b.add_argument("--rescale", type=_rescale, default=1 / 255, help="pixel scale factor, as flow_from_directory's rescale (default 1/255)")
+    b.add_argument("--preprocess", choices=MODES, default="auto", metavar="MODE",
+                   help="how pixels (0..255) become the model's input: rescale (x * --rescale), none (raw), tf ([-1, 1]), "
+                   "torch, caffe (keras.applications' preprocess_input modes); default auto: raw pixels when the model "
+                   "starts with its own Rescaling/Normalization, otherwise x/255")
+    b.add_argument("--rescale", type=_rescale, default=None, help="pixel scale factor for --preprocess rescale, as flow_from_directory's rescale (default 1/255)")
+    b.add_argument("--interpolation", choices=INTERPOLATIONS, default="nearest", metavar="METHOD",
+                   help="resize method: nearest (default, flow_from_directory via Pillow), or bilinear, bicubic, area, "
+                   "lanczos3, lanczos5, gaussian, mitchellcubic (image_dataset_from_directory via tf.image.resize)")
+    b.add_argument("--input-size", type=_size, default=None, metavar="H,W", help="the size to run a model whose input height and width are not fixed")
+    b.add_argument("--output", default=None, metavar="NAME", help="the output to evaluate, for a model with several outputs (its layer name)")
     b.add_argument("--force", action="store_true", help="replace --out even if it is a folder that reportgen did not write")
     b.add_argument("--unsafe", action="store_true", help="allow loading models that run Python code (Lambda layers); only for files you trust")
     b.add_argument("--timestamp", action="store_true", help="print the build time in the page footers (off: builds are byte-identical)")
@@ -85,6 +109,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_fd2():
+    """TensorFlow prints notices to file descriptor 2 while it loads, before its log level applies."""
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _load_tensorflow_quietly() -> None:
+    try:
+        with _quiet_fd2():
+            import reportgen.model.tf  # noqa: F401
+    except ImportError:
+        pass  # build.py says what to install
+
+
 def _on_sigterm(signum, frame):  # `kill`: unwind like Ctrl-C so the temporary folder is removed
     raise KeyboardInterrupt
 
@@ -96,11 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "build" and args.rescale is not None and args.preprocess not in ("auto", "rescale"):
+        print(f"error: --rescale goes with --preprocess rescale, not --preprocess {args.preprocess}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.INFO, format="reportgen: %(message)s", stream=sys.stderr, force=True
     )
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
+        _load_tensorflow_quietly()
         if args.command == "build":
             from reportgen.build import BuildOptions, build
 
@@ -108,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                 BuildOptions(
                     model=args.model, data=args.data, out=args.out, images=args.image, seed=args.seed,
                     batch_size=args.batch_size, max_channels=args.max_channels, force=args.force, top_k=args.top_k,
-                    units=args.unit, rescale=args.rescale, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
+                    units=args.unit, preprocess=args.preprocess, rescale=args.rescale, interpolation=args.interpolation,
+                    input_size=args.input_size, output=args.output, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
                 )
             )
         else:

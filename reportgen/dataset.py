@@ -3,7 +3,9 @@
 Layout: `root/<class>/**/<image>` (class indices in sorted folder order, images in sub-folders of a
 class folder belong to that class) or a flat `root/<image>` folder (no labels). Preprocessing
 matches `flow_from_directory`'s defaults: nearest-neighbour resize to the model's input size,
-RGB (or grayscale for 1-channel models), then multiply by `rescale`. Two deliberate differences,
+RGB (or grayscale for 1-channel models); other resize methods are those of
+`image_dataset_from_directory` (tf.image.resize, given as a function). The model's own
+preprocessing (x/255, [-1, 1], ...) is applied later, in the graph. Two deliberate differences,
 both about files Keras mishandles: the EXIF orientation is applied, and 16-bit images are scaled to
 8 bits instead of being passed through as 0..65535.
 
@@ -19,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -35,11 +37,13 @@ _HIDDEN_DIRS = {"__MACOSX"}
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The image shape a model takes: height, width, channels (1 or 3)."""
+    """The image shape a model takes: height, width, channels (1 or 3), and how images are resized to it."""
 
     height: int
     width: int
     channels: int
+    # "nearest": Pillow, as flow_from_directory; any other method needs a `resize` function (tf.image.resize)
+    interpolation: str = "nearest"
 
 
 @dataclass(frozen=True)
@@ -148,8 +152,18 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), mode="L")
 
 
-def load_pixels(path: Path, spec: InputSpec) -> np.ndarray:
-    """Decode one image file to uint8 [height, width, channels], as `flow_from_directory` would. Raises BadImage."""
+Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+
+
+def load_pixels(path: Path, spec: InputSpec, resize: Resize | None = None) -> np.ndarray:
+    """Decode one image file to [height, width, channels], as Keras's loaders would. Raises BadImage.
+
+    With nearest-neighbour resizing, uint8 exactly as `flow_from_directory` (Pillow). With any other
+    method, the decoded uint8 image goes through `resize` (tf.image.resize, as
+    `image_dataset_from_directory`), which returns float32 pixels in about 0..255.
+    """
+    if spec.interpolation != "nearest" and resize is None:
+        raise ValueError(f"interpolation {spec.interpolation!r} needs a resize function")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -166,7 +180,7 @@ def load_pixels(path: Path, spec: InputSpec) -> np.ndarray:
             if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
                 img = _to_8bit(img)
             img = img.convert("RGB" if spec.channels == 3 else "L")
-            if img.size != (spec.width, spec.height):
+            if spec.interpolation == "nearest" and img.size != (spec.width, spec.height):
                 img = img.resize((spec.width, spec.height), Image.Resampling.NEAREST)
             arr = np.asarray(img, dtype=np.uint8)
     except BadImage:
@@ -181,13 +195,15 @@ def load_pixels(path: Path, spec: InputSpec) -> np.ndarray:
         raise BadImage(f"corrupt or truncated image ({exc})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if spec.interpolation != "nearest":
+        arr = resize(arr, (spec.height, spec.width))
     return arr
 
 
 @dataclass
 class Batch:
     indices: np.ndarray  # int64 dataset indices of the images in this batch
-    pixels: np.ndarray  # uint8 [n, height, width, channels]; the model's input is pixels * rescale
+    pixels: np.ndarray  # [n, height, width, channels]: uint8, or float32 for a tf.image.resize method
 
 
 def iter_batches(
@@ -196,6 +212,7 @@ def iter_batches(
     batch_size: int,
     skipped: list[Skipped],
     workers: int | None = None,
+    resize: Resize | None = None,
 ) -> Iterator[Batch]:
     """Decode `records` in a small thread pool and yield full batches in dataset order.
 
@@ -216,7 +233,7 @@ def iter_batches(
                 rec = next(todo, None)
                 if rec is None:
                     return
-                pending.append((rec, pool.submit(load_pixels, rec.path, spec)))
+                pending.append((rec, pool.submit(load_pixels, rec.path, spec, resize)))
 
         refill()
         while pending:

@@ -65,9 +65,7 @@ def notebook_model(input_size: int = INPUT_SIZE):
 
 def train_demo_model(train: Path, model_path: Path, epochs: int, seed: int, quiet: bool) -> None:
     from reportgen.dataset import InputSpec, discover, iter_batches
-    from reportgen.model import keras  # loads TensorFlow quietly
-
-    import tensorflow as tf
+    from reportgen.model.tf import keras, tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()

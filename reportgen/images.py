@@ -129,6 +129,14 @@ def heat_sprite(maps: np.ndarray, floor: int = 80) -> np.ndarray:
     return levels.reshape(-1, maps.shape[-1]).astype(np.uint8)
 
 
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixels as decoded, for display: uint8 as is; float pixels (tf.image.resize output, about 0..255) rounded and clipped."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
 def as_rgb(pixels: np.ndarray) -> np.ndarray:
     """uint8 [h, w, 1 or 3] model input as something Pillow can save."""
     return pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels

@@ -63,8 +63,14 @@ class ModelInfo:
     trainable_params: int
     non_trainable_params: int
     nodes: list[LayerNode]  # every layer in graph order, summary rows included
-    num_outputs: int  # units of the (single) classification output
+    num_outputs: int  # units of the evaluated (batch, units) output; 0 when it is not of that shape
     loss_name: str | None
+    loss_note: str = ""  # why the loss is not computed, when it is not
+    head: object = None  # model.head.OutputHead: which output, logits or probabilities, and why
+    outputs: list[str] = field(default_factory=list)  # every output of the model (layer names)
+    run_input_shape: tuple = ()  # the input shape the model runs at (--input-size for unfixed sizes)
+    file_format: str = ""  # e.g. "HDF5, written by Keras 2.12.0"
+    repairs: list = field(default_factory=list)  # model.repair.AppliedRepair, each config fix applied while loading
 
 
 @dataclass
@@ -175,10 +181,11 @@ class ChosenImage:
 
     path: str  # as given, or relative to the dataset root
     label: str | None
-    scores: list[float]  # the model's output
+    scores: list[float]  # the model's output as probabilities (sigmoid/softmax of logits)
     prediction: str
-    pixels: np.ndarray  # uint8 model input, [h, w, c]
+    pixels: np.ndarray  # uint8 [h, w, c], the image as decoded and resized (before the model's preprocessing)
     maps: dict[str, np.ndarray] = field(repr=False, default_factory=dict)  # layer -> [h, w, c] float32
+    raw_scores: list[float] | None = None  # the model's output when it is logits (scores are then probabilities)
 
 
 def _clean(value):

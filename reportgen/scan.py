@@ -21,18 +21,18 @@ import concurrent.futures
 import logging
 from dataclasses import dataclass
 
-from reportgen.model import TracedModel  # first: it loads TensorFlow quietly
+import numpy as np
+from tqdm import tqdm
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from reportgen.dataset import Dataset, ImageRecord, iter_batches  # noqa: E402
-from reportgen.errors import UserError  # noqa: E402
-from reportgen.images import encode_thumbnail  # noqa: E402
-from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult  # noqa: E402
-from reportgen.stats import (  # noqa: E402
+from reportgen.dataset import Dataset, ImageRecord, iter_batches
+from reportgen.errors import UserError
+from reportgen.images import encode_thumbnail, to_uint8
+from reportgen.model import TracedModel
+from reportgen.model.load import LossSpec
+from reportgen.model.preprocess import Preprocessing, make_preprocessing, resizer
+from reportgen.model.tf import tf
+from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult
+from reportgen.stats import (
     ConfusionCounter,
     StreamingHistograms,
     classification_mode,
@@ -40,6 +40,7 @@ from reportgen.stats import (  # noqa: E402
 )
 
 log = logging.getLogger("reportgen")
+DEFAULT_PREPROCESSING = make_preprocessing("rescale", 3)  # x / 255, as flow_from_directory(rescale=1/255)
 
 
 @dataclass(frozen=True)
@@ -151,16 +152,21 @@ def _covering_pools(layers: list) -> dict[int, int]:
     return found
 
 
-def _input(pixels, rescale: float):
-    return tf.cast(pixels, tf.float32) * rescale
+def _input(pixels, preprocessing: Preprocessing):
+    return preprocessing.apply(tf.cast(pixels, tf.float32))
+
+
+def pixel_dtype(traced: TracedModel):
+    """uint8 for Pillow's nearest resize, float32 for tf.image.resize methods (not rounded, as Keras feeds them)."""
+    return tf.uint8 if traced.spec.interpolation == "nearest" else tf.float32
 
 
 class _MiningStep:
     """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K."""
 
-    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], rescale: float, batch_size: int) -> None:
+    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], preprocessing: Preprocessing, batch_size: int) -> None:
         self.k = k
-        self.rescale = rescale
+        self.preprocessing = preprocessing
         self.layers = traced.map_layers
         index = {node.name: i for i, node in enumerate(self.layers)}
         self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
@@ -175,7 +181,7 @@ class _MiningStep:
         self.step = tf.function(
             self._step,
             input_signature=[
-                tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], tf.uint8),
+                tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], pixel_dtype(traced)),
                 tf.TensorSpec([batch_size], tf.int32),
                 tuple(table),
             ],
@@ -207,7 +213,7 @@ class _MiningStep:
 
     def _step(self, pixels, ids, state):
         """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K)."""
-        outs = self.tap(_input(pixels, self.rescale), training=False)
+        outs = self.tap(_input(pixels, self.preprocessing), training=False)
         preds, maps = outs[0], outs[1:]
         batch_max, places = self.reduce(maps)
         batch_max = tf.where(ids[:, None] >= 0, batch_max, tf.constant(-np.inf, batch_max.dtype))
@@ -224,20 +230,13 @@ class _MiningStep:
 class _LossMeter:
     """The compiled loss, averaged over images the way `model.evaluate` reports it (regularisation included)."""
 
-    def __init__(self, model: keras.Model, mode: str, num_outputs: int) -> None:
-        self.fn = None
+    def __init__(self, loss: LossSpec, model, mode: str, num_outputs: int) -> None:
+        self.fn = loss.fn if mode != "none" else None
         self.total = 0.0
         self.count = 0
-        loss = getattr(model, "loss", None)
-        if loss is None or mode == "none" or isinstance(loss, (list, dict)):
+        if self.fn is None:
             return
-        try:
-            self.fn = keras.losses.get(loss) if isinstance(loss, str) else loss
-        except Exception:  # an unknown custom loss: report no loss rather than a wrong one
-            log.warning("the model's loss %r is not known to Keras here; loss is not reported", loss)
-            return
-        name = loss if isinstance(loss, str) else getattr(loss, "name", getattr(loss, "__name__", ""))
-        self.sparse = "sparse" in str(name).lower()
+        self.sparse = "sparse" in str(loss.name).lower()
         self.num_outputs = num_outputs
         self.mode = mode
         self.regularization = float(sum(float(x) for x in model.losses)) if model.losses else 0.0
@@ -271,26 +270,28 @@ def scan_dataset(
     *,
     top_k: int = 16,
     batch_size: int = 32,
-    rescale: float = 1 / 255,
+    preprocessing: Preprocessing | None = None,
     probes: list[Probe] | None = None,
     quiet: bool = False,
 ) -> ScanResult:
     """The one pass over the dataset: metrics, histograms and every unit's top K. Fills dataset.skipped."""
     probes = probes or []
-    miner = _MiningStep(traced, top_k, probes, rescale, batch_size)
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
+    miner = _MiningStep(traced, top_k, probes, preprocessing, batch_size)
     state = miner.initial_state()
     units_per_layer = [node.channels for node in traced.map_layers]
     histograms = StreamingHistograms(sum(units_per_layer))
     mode, note = classification_mode(traced.info.num_outputs, len(dataset.classes))
     confusion = ConfusionCounter(len(dataset.classes)) if mode != "none" else None
-    loss = _LossMeter(traced.model, mode, traced.info.num_outputs)
+    loss = _LossMeter(traced.loss, traced.model, mode, traced.info.num_outputs)
+    logits = bool(traced.info.head and traced.info.head.logits)
     labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
 
     def update_stats(preds, maxima, indices) -> None:
         histograms.update(maxima.numpy())
         if confusion is not None:
             batch_labels = labels[indices]
-            confusion.update(batch_labels, predicted_classes(preds.numpy(), mode))
+            confusion.update(batch_labels, predicted_classes(preds.numpy(), mode, logits))
             loss.update(batch_labels, preds)
 
     seen = 0
@@ -298,7 +299,7 @@ def scan_dataset(
     # (TensorFlow releases the GIL); one thread, so batches are counted in order.
     with _progress(len(dataset.records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
         pending = None
-        for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped):
+        for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped, resize=resizer(traced.spec)):
             n = len(batch.indices)
             pixels, ids = batch.pixels, batch.indices
             if n < batch_size:  # pad the last batch: the step keeps one shape and is traced once
@@ -352,13 +353,14 @@ def _entries(vals: np.ndarray, ids: np.ndarray, pos: np.ndarray, width: int) -> 
     ]
 
 
-def run_images(traced: TracedModel, pixels: np.ndarray, rescale: float) -> tuple[np.ndarray, list[np.ndarray]]:
+def run_images(traced: TracedModel, pixels: np.ndarray, preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Full outputs for a few images: (scores [n, outputs], one [n, h, w, c] array per map layer).
 
     In graph mode, as the pass runs the model: some models run eagerly but not in a graph
     (TensorFlow refuses layer names it cannot use as scope names), and this is where they fail.
     """
-    outs = tf.function(lambda x: traced.tap(_input(x, rescale), training=False), autograph=False)(tf.constant(pixels))
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
+    outs = tf.function(lambda x: traced.tap(_input(x, preprocessing), training=False), autograph=False)(tf.constant(pixels))
     return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]]
 
 
@@ -378,7 +380,7 @@ def gallery_data(
     *,
     top_k: int,
     batch_size: int,
-    rescale: float,
+    preprocessing: Preprocessing | None = None,
     heat_side: int = 32,
     quiet: bool = False,
 ) -> GalleryData:
@@ -388,6 +390,7 @@ def gallery_data(
     `heat_side` pixels a side and scaled so 255 is the unit's top value over the dataset. Only the
     maps some unit needs leave the graph.
     """
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
     wanted: dict[int, list[tuple[int, int, int]]] = {}  # image -> [(layer index, channel, rank)]
     sizes = []
     for li, node in enumerate(traced.map_layers):
@@ -413,12 +416,12 @@ def gallery_data(
     n_layers = len(traced.map_layers)
 
     @tf.function(
-        input_signature=[tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], tf.uint8)]
+        input_signature=[tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], pixel_dtype(traced))]
         + [tf.TensorSpec([None, 2], tf.int32)] * n_layers
     )
     def chosen_maps(pixels, *picks):
         """Per layer, only the (image, channel) maps some unit needs, area-downsampled: [m, h', w']."""
-        outs = traced.tap(_input(pixels, rescale), training=False)
+        outs = traced.tap(_input(pixels, preprocessing), training=False)
         chosen = []
         for a, size, pick in zip(outs[1:], sizes, picks):
             small = tf.image.resize(a, size, method="area") if size != tuple(a.shape[1:3]) else a
@@ -429,7 +432,7 @@ def gallery_data(
     thumbnails: dict[int, tuple[bytes, str]] = {}
     failed: list = []
     with _progress(len(records), "drawing top images", quiet) as bar:
-        for batch in iter_batches(records, traced.spec, batch_size, failed):
+        for batch in iter_batches(records, traced.spec, batch_size, failed, resize=resizer(traced.spec)):
             pixels_in = batch.pixels
             if len(pixels_in) < batch_size:  # one shape, one trace
                 pad = np.zeros((batch_size - len(pixels_in), *pixels_in.shape[1:]), pixels_in.dtype)
@@ -438,7 +441,7 @@ def gallery_data(
             picks: list[list[tuple[int, int]]] = [[] for _ in range(n_layers)]  # per layer: (image in batch, channel)
             for b, image in enumerate(batch.indices.tolist()):
                 # encoded at once: a large dataset's gallery images would not fit in memory as pixels
-                thumbnails[image] = encode_thumbnail(batch.pixels[b])
+                thumbnails[image] = encode_thumbnail(to_uint8(batch.pixels[b]))
                 for li, channel, rank in wanted[image]:
                     picks[li].append((b, channel))
                     slots[li].append((channel, rank))

@@ -63,6 +63,8 @@ class SiteInput:
     options: dict = field(default_factory=dict)  # shown on the index and in report.json
     footer_note: str = ""  # e.g. a build time, only when asked for
     data_label: str = ""  # how the dataset root is shown
+    preprocessing: object = None  # model.preprocess.Preprocessing: what was fed to the model
+    warnings: list[str] = field(default_factory=list)  # shown on the index: never a silent guess
 
 
 def _template_source(name: str) -> str | None:
@@ -338,6 +340,8 @@ class _Assembler:
             chosen=chosen,
             probes=probes,
             options=si.options,
+            preprocessing=si.preprocessing,
+            warnings=si.warnings,
             total_dead=sum(len(lv["dead"]) for lv in layers),
             total_units=sum(len(lv["units"]) for lv in layers),
         )
@@ -362,6 +366,11 @@ def report_data(si: SiteInput, layer_views: list[dict], probe_views: list[dict])
             "trainable_params": info.trainable_params,
             "non_trainable_params": info.non_trainable_params,
             "loss": info.loss_name,
+            "loss_note": info.loss_note or None,
+            "format": info.file_format or None,
+            "repairs": [r.as_dict() for r in info.repairs],
+            "outputs": info.outputs,
+            "head": info.head.as_dict() if info.head else None,
             "layers": [
                 {
                     "name": n.name,
@@ -373,6 +382,8 @@ def report_data(si: SiteInput, layer_views: list[dict], probe_views: list[dict])
                 for n in info.nodes
             ],
         },
+        "preprocessing": si.preprocessing.as_dict() if si.preprocessing else None,
+        "warnings": list(si.warnings),
         "dataset": {
             "root": si.data_label or str(dataset.root),
             "class_indices": dataset.class_indices,
@@ -391,7 +402,8 @@ def report_data(si: SiteInput, layer_views: list[dict], probe_views: list[dict])
             "note": m.note or None,
         },
         "images": [
-            {"path": img.path, "label": img.label, "prediction": img.prediction, "scores": [float(s) for s in np.ravel(img.scores)]}
+            {"path": img.path, "label": img.label, "prediction": img.prediction, "scores": [float(s) for s in np.ravel(img.scores)],
+             "logits": img.raw_scores}
             for img in si.chosen
         ],
         "layers": [

@@ -83,11 +83,22 @@ def classification_mode(num_outputs: int, num_classes: int) -> tuple[str, str]:
     )
 
 
-def predicted_classes(scores: np.ndarray, mode: str) -> np.ndarray:
-    """Binary: score > 0.5 is class 1 (as Keras's BinaryAccuracy); otherwise the argmax."""
+def predicted_classes(scores: np.ndarray, mode: str, logits: bool = False) -> np.ndarray:
+    """Binary: a probability > 0.5 (as Keras's BinaryAccuracy), or a logit > 0, is class 1; otherwise the argmax."""
     if mode == "binary":
-        return (scores[:, 0] > 0.5).astype(np.int64)
+        return (scores[:, 0] > (0.0 if logits else 0.5)).astype(np.int64)
     return np.argmax(scores, axis=1).astype(np.int64)
+
+
+def as_probabilities(scores: np.ndarray, logits: bool) -> np.ndarray:
+    """Scores as shown: probabilities as they are; logits through sigmoid (one output) or softmax (several)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not logits:
+        return scores
+    if scores.shape[-1] == 1:
+        return 1.0 / (1.0 + np.exp(-scores))
+    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 class ConfusionCounter:
@@ -114,14 +125,16 @@ class ConfusionCounter:
         )
 
 
-def prediction_text(scores: np.ndarray, classes: list[str], mode: str) -> str:
-    """The chosen image's prediction in words, e.g. 'dogs (output 0.931)'."""
-    scores = np.asarray(scores, dtype=np.float64).ravel()
+def prediction_text(scores: np.ndarray, classes: list[str], mode: str, logits: bool = False) -> str:
+    """The chosen image's prediction in words, e.g. 'dogs (output 0.931)' or 'dogs (sigmoid 0.931, logit 2.6)'."""
+    raw = np.asarray(scores, dtype=np.float64).ravel()
+    scores = as_probabilities(raw[None, :], logits)[0]
     if scores.size == 1:
         p = float(scores[0])
+        shown = f"sigmoid {p:.3f}, logit {raw[0]:.3g}" if logits else f"output {p:.3f}"
         if mode == "binary":
-            return f"{classes[int(p > 0.5)]} (output {p:.3f})"
-        return f"output {p:.3f}"
+            return f"{classes[int(raw[0] > (0.0 if logits else 0.5))]} ({shown})"
+        return shown
     best = int(np.argmax(scores))
     name = classes[best] if mode == "categorical" else f"output {best}"
-    return f"{name} ({float(scores[best]):.3f})"
+    return f"{name} ({'softmax ' if logits else ''}{float(scores[best]):.3f})"

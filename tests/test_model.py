@@ -110,8 +110,8 @@ def test_legacy_tf_keras_2_h5_files(name):
     expected = json.loads((FIXTURES / "legacy_expected.json").read_text())[name]
     with open(FIXTURES / name, "rb") as fh:
         assert fh.read(4) == b"\x89HDF"
-    model = load_model(FIXTURES / name)
-    traced = trace_model(model, FIXTURES / name)
+    loaded = load_model(FIXTURES / name)
+    traced = trace_model(loaded.model, FIXTURES / name, loss=loaded.loss)
     assert traced.info.total_params == expected["count_params"]
     top = [n for n in traced.info.nodes if n.depth == 0 and n.type != "InputLayer"]
     assert [[n.name, n.type, n.params, list(n.output_shape)] for n in top] == expected["layers"]
@@ -130,7 +130,7 @@ def test_lambda_layer_needs_unsafe():
 
     with pytest.raises(UserError, match="Lambda.*--unsafe"):
         load_model(FIXTURES / "legacy_lambda.h5")
-    model = load_model(FIXTURES / "legacy_lambda.h5", unsafe=True)
+    model = load_model(FIXTURES / "legacy_lambda.h5", unsafe=True).model
     assert [type(layer).__name__ for layer in model.layers] == ["Conv2D", "Lambda", "Flatten", "Dense"]
 
 
@@ -154,9 +154,12 @@ def test_unreadable_model_files(tmp_path):
     (tmp_path / "plain_dir").mkdir()
     with pytest.raises(UserError, match="is a folder"):
         load_model(tmp_path / "plain_dir")
-    shutil.copy(FIXTURES / "legacy_sequential.h5", tmp_path / "model.bin")
-    with pytest.raises(UserError, match="HDF5 file; name it with the .h5 extension"):
-        load_model(tmp_path / "model.bin")
+    shutil.copy(FIXTURES / "legacy_sequential.h5", tmp_path / "model.bin")  # recognised by its content
+    loaded = load_model(tmp_path / "model.bin")
+    assert loaded.file_format.startswith("HDF5, written by Keras 2.") and loaded.file_format.endswith("named .bin")
+    (tmp_path / "archive.keras").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an empty zip
+    with pytest.raises(UserError, match="archive.keras: is a zip file but not a Keras model"):
+        load_model(tmp_path / "archive.keras")
 
 
 def test_models_that_cannot_be_shown():

@@ -23,8 +23,8 @@ from reportgen.report import ReceptiveField
 L = keras.layers
 
 
-def fields_of(model) -> tuple:
-    traced = trace_model(model)
+def fields_of(model, output=None) -> tuple:
+    traced = trace_model(model, output=output)
     h, w = traced.spec.height, traced.spec.width
     return traced, receptive_fields(traced.info.nodes, (h, w))
 
@@ -291,7 +291,7 @@ def test_merge_of_aligned_branches_is_the_union():
     s = L.Add(name="sum")([a, b])
     c = L.Concatenate(name="cat")([L.Conv2D(2, (3, 1), padding="same", name="v")(inp), L.Conv2D(2, (1, 5), padding="same", name="h")(inp)])
     model = keras.Model(inp, [s, c])
-    traced, rf = fields_of(model)
+    traced, rf = fields_of(model, output="sum")
     # a3: r = 3, o = 0.5 + (1 - 1) = 0.5; b5: r = 5, o = 0.5 + (2 - 2) = 0.5
     assert_field(rf["a3"], (3, 3), (1, 1), (0.5, 0.5))
     assert_field(rf["b5"], (5, 5), (1, 1), (0.5, 0.5))

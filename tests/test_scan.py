@@ -36,7 +36,7 @@ def _brute_force(traced, dataset, batch_size, k):
     per_layer = {n.name: [] for n in traced.map_layers}
     ids = []
     for batch in iter_batches(dataset.records, traced.spec, batch_size, []):
-        _, maps = run_images(traced, batch.pixels, 1 / 255)
+        _, maps = run_images(traced, batch.pixels)
         ids.extend(batch.indices.tolist())
         for node, m in zip(traced.map_layers, maps):
             per_layer[node.name].append(m)
@@ -269,7 +269,7 @@ def test_gallery_heatmaps_and_thumbnails_match_the_maps(tmp_path):
     dataset = discover(tmp_path / "data")
     traced = trace_model(model)
     result = scan_dataset(traced, dataset, top_k=3, batch_size=4, quiet=True)
-    gallery = gallery_data(traced, dataset, result, top_k=3, batch_size=4, rescale=1 / 255, quiet=True)
+    gallery = gallery_data(traced, dataset, result, top_k=3, batch_size=4, quiet=True)
     wanted = {e.image for units in result.units.values() for u in units for e in u.top}
     assert set(gallery.thumbnails) == wanted and gallery.missing == []
     from reportgen.dataset import load_pixels
@@ -281,7 +281,7 @@ def test_gallery_heatmaps_and_thumbnails_match_the_maps(tmp_path):
     for li, node in enumerate(traced.map_layers):  # maps of at most 32 pixels a side are not resized
         for unit in result.units[node.name]:
             for rank, entry in enumerate(unit.top):
-                _, maps = run_images(traced, load_pixels(dataset.records[entry.image].path, traced.spec)[None], 1 / 255)
+                _, maps = run_images(traced, load_pixels(dataset.records[entry.image].path, traced.spec)[None])
                 m = maps[li][0, :, :, unit.channel]
                 expected = np.round(np.clip(m / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(m)
                 np.testing.assert_allclose(gallery.heat[node.name][unit.channel, rank], expected, atol=1)

@@ -1,4 +1,4 @@
-"""Load a Keras model and trace it into a graph of layers whose every output can be read.
+"""Trace a Keras model into a graph of layers whose every output can be read.
 
 Tracing re-applies the model's own layer objects (same weights) to a fresh `keras.Input`, walking
 Sequential models in order and Functional models through their public `get_config()` graph, and
@@ -9,47 +9,15 @@ public API only: `keras.Model(inputs=..., outputs=[...])`.
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-import tempfile
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# TensorFlow's C++ log lines (oneDNN notices) are noise on a user's terminal; Python errors still raise.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The pass is TensorFlow code: Keras must run on its TensorFlow backend even where the user's
-# environment picks JAX or PyTorch for their own work.
-os.environ["KERAS_BACKEND"] = "tensorflow"
-
-
-def _import_tensorflow_quietly() -> None:
-    """Some notices are printed to fd 2 while TensorFlow loads, before its log level applies."""
-    try:
-        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    except OSError:
-        saved = None
-    if saved is not None:
-        os.dup2(devnull, 2)
-    try:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        if saved is not None:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
-
-
-_import_tensorflow_quietly()
-
-import keras  # noqa: E402
-
-from reportgen.dataset import InputSpec  # noqa: E402
-from reportgen.errors import UserError  # noqa: E402
-from reportgen.report import Geometry, LayerNode, ModelInfo  # noqa: E402
+from reportgen.dataset import InputSpec
+from reportgen.errors import UserError
+from reportgen.model.head import find_head
+from reportgen.model.load import LossSpec, loss_of_compiled
+from reportgen.model.tf import keras
+from reportgen.report import Geometry, LayerNode, ModelInfo
 
 _POINTWISE = {
     "Activation", "ReLU", "LeakyReLU", "PReLU", "ELU", "Softmax", "ThresholdedReLU",
@@ -68,6 +36,7 @@ class TracedModel:
     spec: InputSpec
     tap: keras.Model  # outputs: [classification output] + [one per map layer, in `map_layers` order]
     map_layers: list[LayerNode]
+    loss: LossSpec  # the loss of the evaluated output, as compiled (or "not computed" with a reason)
 
 
 def _pair(value, default=1) -> tuple[int, int]:
@@ -133,6 +102,7 @@ class _Tracer:
         self.nodes: list[LayerNode] = []
         self.tensors: dict[str, keras.KerasTensor] = {}
         self.producer: dict[int, str] = {}  # id(tensor) -> qualified name of the layer that made it
+        self.layers: dict[str, object] = {}  # qualified name -> the Keras layer
         self._used: set[str] = set()
 
     def _unique(self, name: str) -> str:
@@ -145,6 +115,7 @@ class _Tracer:
 
     def record(self, layer, qualified: str, inputs: list, output, depth: int, parent: str | None) -> None:
         outs = _flatten(output)
+        self.layers[qualified] = layer
         for t in outs:
             self.producer[id(t)] = qualified
         shape = _shape(outs[0]) if outs else ()
@@ -252,122 +223,7 @@ class _Tracer:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def load_model(path: Path | str, unsafe: bool = False) -> keras.Model:
-    """Load a `.keras` or HDF5 `.h5` model with Keras's safe mode. Raises UserError with a one-line reason."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        if (path / "saved_model.pb").exists():
-            raise UserError(
-                f"{path}: is a TensorFlow SavedModel folder, which Keras 3 cannot open layer by layer; "
-                "load it in the TensorFlow version that wrote it and save it with model.save('model.keras'), then pass that file"
-            )
-        raise UserError(f"{path}: is a folder, not a model file (.keras or .h5)")
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
-    if magic.startswith(b"\x89HDF"):
-        kind = "HDF5"
-    elif zipfile.is_zipfile(path):
-        kind = "keras"
-    else:
-        raise UserError(f"{path}: is not a Keras model file (expected a .keras zip or an HDF5 .h5 file)")
-    if kind == "HDF5" and path.suffix.lower() not in (".h5", ".hdf5"):
-        raise UserError(f"{path}: is an HDF5 file; name it with the .h5 extension so Keras reads it as a legacy model")
-    if kind == "keras" and path.suffix.lower() != ".keras":
-        raise UserError(f"{path}: is a zip file; a native Keras model file ends in .keras")
-    try:
-        try:
-            model = _load(path, unsafe)
-        except Exception as exc:
-            repaired = _repaired_legacy_copy(path) if kind == "HDF5" and not _is_safety_refusal(exc) else None
-            if repaired is None:
-                raise
-            try:
-                model = _load(repaired, unsafe)
-            finally:
-                shutil.rmtree(repaired.parent, ignore_errors=True)
-    except UserError:
-        raise
-    except Exception as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        if _is_safety_refusal(exc):
-            raise UserError(
-                f"{path}: the model holds Python code (a Lambda layer) that would run when it loads, and Keras's safe mode refuses it; "
-                "pass --unsafe only if you trust this file"
-            ) from None
-        if len(message) > 300:
-            message = message[:300] + "..."
-        raise UserError(f"{path}: cannot load the model ({kind} file): {message}") from None
-    if not isinstance(model, keras.Model):
-        raise UserError(f"{path}: holds a {type(model).__name__}, not a Keras model")
-    return model
-
-
-def _is_safety_refusal(exc: BaseException) -> bool:
-    return "safe_mode" in str(exc)
-
-
-def _load(path: Path, unsafe: bool) -> keras.Model:
-    # Keras logs through absl about optimizer state it could not restore; we never train, so hush it.
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Skipping variable loading for optimizer ...": same reason
-        try:
-            return keras.models.load_model(path, safe_mode=not unsafe)
-        except Exception as exc:  # the weights load but the training config does not: keep the weights
-            text = str(exc).lower()
-            if "compile" not in text and "optimizer" not in text:
-                raise
-            return keras.models.load_model(path, safe_mode=not unsafe, compile=False)
-
-
-def _legacy_fixes(config, nested: bool = False):
-    """Two known gaps of Keras 3's reader for tf.keras 2 HDF5 files (keras-team/keras#20084), in a
-    model nested inside another: BatchNormalization's `axis: [3]`, and single-input/output lists
-    `[["name", 0, 0]]` that make the inner model return a list."""
-    if isinstance(config, list):
-        return [_legacy_fixes(item, nested) for item in config]
-    if not isinstance(config, dict):
-        return config
-    fixed = {}
-    for key, value in config.items():
-        if nested and key == "axis" and isinstance(value, list) and len(value) == 1:
-            value = value[0]
-        elif nested and key in ("input_layers", "output_layers") and isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
-            value = value[0]
-        else:
-            value = _legacy_fixes(value, nested or key == "layers")
-        fixed[key] = value
-    return fixed
-
-
-def _repaired_legacy_copy(path: Path) -> Path | None:
-    """A temporary copy of a tf.keras 2 HDF5 file with _legacy_fixes applied, or None if nothing changes."""
-    import json
-
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            raw = f.attrs.get("model_config")
-        if raw is None:
-            return None
-        config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
-    except Exception:
-        return None
-    fixed = _legacy_fixes(config)
-    if fixed == config:
-        return None
-    folder = Path(tempfile.mkdtemp(prefix="reportgen-legacy-"))
-    copy = folder / path.name
-    shutil.copyfile(path, copy)
-    with h5py.File(copy, "r+") as f:
-        f.attrs["model_config"] = json.dumps(fixed).encode("utf-8")
-    return copy
-
-
-def _input_spec(model: keras.Model, path: Path | str) -> InputSpec:
+def _input_spec(model: keras.Model, path: Path | str, input_size: tuple[int, int] | None, interpolation: str) -> InputSpec:
     inputs = model.inputs or []
     if len(inputs) != 1:
         raise UserError(f"{path}: the model has {len(inputs)} inputs; reportgen needs a model with one image input")
@@ -377,41 +233,116 @@ def _input_spec(model: keras.Model, path: Path | str) -> InputSpec:
             f"{path}: the model's input has shape {shape}, not an image (batch, height, width, channels)"
         )
     _, h, w, c = shape
-    if h is None or w is None:
-        raise UserError(f"{path}: the model's input size is not fixed {shape}; reportgen needs a fixed height and width")
+    if c not in (1, 3) and h in (1, 3) and c is not None and c > 4:
+        raise UserError(
+            f"{path}: the model's input {shape} is channels_first (channels before height and width); "
+            "reportgen reads channels_last models (batch, height, width, channels)"
+        )
     if c not in (1, 3):
         raise UserError(f"{path}: the model's input has {c} channels; reportgen reads images as RGB (3) or grayscale (1)")
-    return InputSpec(height=h, width=w, channels=c)
+    if input_size is not None:
+        if h is not None and w is not None and (h, w) != tuple(input_size):
+            raise UserError(
+                f"{path}: the model's input size is fixed at {h}x{w}; --input-size is only for models whose height and width are not fixed"
+            )
+        h, w = input_size
+    elif h is None or w is None:
+        raise UserError(
+            f"{path}: the model's input height and width are not fixed {_shape_text(shape)}; pass the size to run it at "
+            "with --input-size H,W (e.g. the size it was trained at)"
+        )
+    return InputSpec(height=h, width=w, channels=c, interpolation=interpolation)
 
 
-def _loss_name(model: keras.Model) -> str | None:
-    loss = getattr(model, "loss", None)
-    if loss is None:
-        return None
-    if isinstance(loss, str):
-        return loss
-    if isinstance(loss, keras.losses.Loss):
-        return loss.name
-    return getattr(loss, "__name__", None)
+def _shape_text(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def trace_model(model: keras.Model, path: Path | str = "") -> TracedModel:
-    """Trace the model's layers and build the tap model. Raises UserError for models it cannot show."""
-    spec = _input_spec(model, path)
+def _check_channels_last(model: keras.Model, path: Path | str) -> None:
+    def visit(m):
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                visit(layer)
+                continue
+            try:
+                fmt = layer.get_config().get("data_format")
+            except Exception:
+                continue
+            if fmt == "channels_first":
+                raise UserError(
+                    f"{path}: layer '{layer.name}' uses data_format channels_first; reportgen reads channels_last models "
+                    "(batch, height, width, channels): rebuild the model with channels_last layers and load its weights"
+                )
+
+    visit(model)
+
+
+def _output_names(tracer: "_Tracer", outputs: list) -> list[str]:
+    return [tracer.producer.get(id(t), "") or f"output_{i}" for i, t in enumerate(outputs)]
+
+
+def _chain_back(tracer: "_Tracer", name: str) -> list:
+    """The layers from output `name` backwards along single inputs (nested models followed to their output layer)."""
+    nodes = {n.name: n for n in tracer.nodes}
+    chain: list = []
+    while name in nodes and len(chain) < 64:
+        node = nodes[name]
+        if node.geometry.op == "model":
+            name = node.alias_of
+            continue
+        if name in tracer.layers:
+            chain.append(tracer.layers[name])
+        if len(node.inputs) != 1:
+            break
+        name = node.inputs[0]
+    return chain
+
+
+def trace_model(
+    model: keras.Model,
+    path: Path | str = "",
+    *,
+    loss: LossSpec | None = None,
+    input_size: tuple[int, int] | None = None,
+    output: str | None = None,
+    interpolation: str = "nearest",
+) -> TracedModel:
+    """Trace the model's layers and build the tap model. Raises UserError for models it cannot show.
+
+    `loss`: the loss read from the model file (load.py); by default the model's compiled loss.
+    `output`: which output to evaluate when the model has several (layer name).
+    """
+    _check_channels_last(model, path)
+    spec = _input_spec(model, path, input_size, interpolation)
+    loss = loss if loss is not None else loss_of_compiled(model)
     tracer = _Tracer()
     x = keras.Input(shape=(spec.height, spec.width, spec.channels), name="reportgen_input")
     tracer.producer[id(x)] = ""
-    output = tracer.trace(model, [x], "", 0, None)
-    outputs = _flatten(output)
+    output_value = tracer.trace(model, [x], "", 0, None)
+    outputs = _flatten(output_value)
+    names = _output_names(tracer, outputs)
+    if len(outputs) > 1:
+        if output is None:
+            raise UserError(f"{path}: the model has {len(outputs)} outputs ({', '.join(names)}); choose the one to evaluate with --output NAME")
+        if output not in names:
+            raise UserError(f"--output {output!r}: the model's outputs are {', '.join(names)}")
+        chosen = names.index(output)
+    else:
+        if output is not None and output not in names:
+            raise UserError(f"--output {output!r}: the model has one output, {names[0]}")
+        chosen = 0
     map_layers = [n for n in tracer.nodes if n.is_map]
     if not map_layers:
         raise UserError(f"{path}: the model has no layer with a 4-D (height, width, channels) output to show")
-    final = outputs[0]
+    final = outputs[chosen]
     tap = keras.Model(inputs=x, outputs=[final] + [tracer.tensors[n.name] for n in map_layers], name="reportgen_tap")
 
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     non_trainable = sum(int(w.numpy().size) for w in model.non_trainable_weights)
     final_shape = _shape(final)
+    units = int(final_shape[-1]) if len(final_shape) == 2 and final_shape[-1] else 0
+    loss = loss.for_output(names[chosen], chosen, len(outputs))
+    head = find_head(names[chosen], units, _chain_back(tracer, tracer.producer.get(id(final), "")), loss.from_logits)
     info = ModelInfo(
         name=model.name,
         path=str(path),
@@ -420,9 +351,11 @@ def trace_model(model: keras.Model, path: Path | str = "") -> TracedModel:
         trainable_params=trainable,
         non_trainable_params=non_trainable,
         nodes=tracer.nodes,
-        num_outputs=int(final_shape[-1]) if len(final_shape) == 2 and final_shape[-1] else 0,
-        loss_name=_loss_name(model) if len(outputs) == 1 else None,
+        num_outputs=units,
+        loss_name=loss.name,
+        loss_note=loss.note,
+        head=head,
+        outputs=names,
+        run_input_shape=(None, spec.height, spec.width, spec.channels),
     )
-    if len(outputs) > 1:
-        info.num_outputs = 0  # several outputs: evaluation is not defined, the pages still are
-    return TracedModel(model=model, info=info, spec=spec, tap=tap, map_layers=map_layers)
+    return TracedModel(model=model, info=info, spec=spec, tap=tap, map_layers=map_layers, loss=loss)
