@@ -290,7 +290,7 @@ def breakdown(traced, dataset, batch_size: int, top_k: int, rounds: int) -> None
     step_out: dict[int, tuple] = {}
 
     def full_step(b):
-        preds, maxima, state[0] = miner.step(pixels[b], ids[b], state[0])
+        preds, maxima, _, state[0] = miner.step(pixels[b], ids[b], state[0])
         step_out[b] = (preds.numpy(), maxima.numpy())
         return step_out[b]
 

@@ -106,7 +106,7 @@ def _in_dataset(path: Path, dataset: Dataset) -> tuple[str, str | None]:
     return rel.as_posix(), label
 
 
-def choose_images(opts: BuildOptions, dataset: Dataset, spec, resize=None) -> list[tuple[str, str | None, np.ndarray]]:
+def choose_images(opts: BuildOptions, dataset: Dataset, spec, resizer=None) -> list[tuple[str, str | None, np.ndarray]]:
     """(shown path, class or None, pixels) of each image drawn through the network."""
     chosen = []
     if opts.images:
@@ -114,7 +114,7 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec, resize=None) -> li
             if not path.is_file():
                 raise UserError(f"--image {path}: no such file")
             try:
-                pixels = load_pixels(path, spec, resize)
+                pixels = load_pixels(path, spec, resizer)
             except BadImage as exc:
                 raise UserError(f"--image {path}: {exc}") from None
             shown, label = _in_dataset(path, dataset)
@@ -126,7 +126,7 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec, resize=None) -> li
     for i in order:
         rec = dataset.records[i]
         try:
-            pixels = load_pixels(rec.path, spec, resize)
+            pixels = load_pixels(rec.path, spec, resizer)
         except BadImage as exc:
             first_failure = first_failure or f"{rec.rel}: {exc}"
             continue  # listed as skipped by the pass

@@ -21,7 +21,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -152,18 +152,32 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(arr.astype(np.uint8), mode="L")
 
 
-Resize = Callable[[np.ndarray, tuple[int, int]], np.ndarray]
+class Resizer(Protocol):
+    """How `image_dataset_from_directory` reads an image (given by model/preprocess.py: TensorFlow)."""
+
+    def decode(self, data: bytes, channels: int) -> np.ndarray | None:
+        """uint8 [h, w, channels] as tf.image.decode_image gives it, or None when it cannot decode the file."""
+
+    def resize(self, pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """float32 [height, width, channels], as tf.image.resize gives it."""
 
 
-def load_pixels(path: Path, spec: InputSpec, resize: Resize | None = None) -> np.ndarray:
+# The formats tf.image.decode_image reads; other files (and 16-bit or CMYK ones) are decoded by Pillow.
+_TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+_WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def load_pixels(path: Path, spec: InputSpec, resizer: Resizer | None = None) -> np.ndarray:
     """Decode one image file to [height, width, channels], as Keras's loaders would. Raises BadImage.
 
-    With nearest-neighbour resizing, uint8 exactly as `flow_from_directory` (Pillow). With any other
-    method, the decoded uint8 image goes through `resize` (tf.image.resize, as
-    `image_dataset_from_directory`), which returns float32 pixels in about 0..255.
+    `nearest` (flow_from_directory): Pillow decodes (the EXIF orientation applied, 16-bit scaled to
+    8), resizes with its nearest neighbour, and the result is uint8. Any other method
+    (image_dataset_from_directory): TensorFlow decodes, as Keras does (no EXIF rotation), and
+    tf.image.resize gives float32 pixels, not rounded; files TensorFlow cannot decode, 16-bit and
+    CMYK images are decoded by Pillow as for `nearest`, then resized the same way.
     """
-    if spec.interpolation != "nearest" and resize is None:
-        raise ValueError(f"interpolation {spec.interpolation!r} needs a resize function")
+    if spec.interpolation != "nearest" and resizer is None:
+        raise ValueError(f"interpolation {spec.interpolation!r} needs a resizer")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -175,12 +189,16 @@ def load_pixels(path: Path, spec: InputSpec, resize: Resize | None = None) -> np
             w, h = img.size
             if w * h > MAX_PIXELS:
                 raise BadImage(f"{w} x {h} = {w * h:,} pixels is more than the {MAX_PIXELS:,}-pixel limit")
+            if resizer is not None and img.format in _TF_FORMATS and img.mode not in _WIDE_MODES + ("CMYK",):
+                decoded = resizer.decode(path.read_bytes(), spec.channels)
+                if decoded is not None:
+                    return resizer.resize(decoded, (spec.height, spec.width))
             img.load()
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+            if img.mode in _WIDE_MODES:
                 img = _to_8bit(img)
             img = img.convert("RGB" if spec.channels == 3 else "L")
-            if spec.interpolation == "nearest" and img.size != (spec.width, spec.height):
+            if resizer is None and img.size != (spec.width, spec.height):
                 img = img.resize((spec.width, spec.height), Image.Resampling.NEAREST)
             arr = np.asarray(img, dtype=np.uint8)
     except BadImage:
@@ -195,8 +213,8 @@ def load_pixels(path: Path, spec: InputSpec, resize: Resize | None = None) -> np
         raise BadImage(f"corrupt or truncated image ({exc})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    if spec.interpolation != "nearest":
-        arr = resize(arr, (spec.height, spec.width))
+    if resizer is not None:
+        arr = resizer.resize(arr, (spec.height, spec.width))
     return arr
 
 
@@ -212,7 +230,7 @@ def iter_batches(
     batch_size: int,
     skipped: list[Skipped],
     workers: int | None = None,
-    resize: Resize | None = None,
+    resizer: Resizer | None = None,
 ) -> Iterator[Batch]:
     """Decode `records` in a small thread pool and yield full batches in dataset order.
 
@@ -233,7 +251,7 @@ def iter_batches(
                 rec = next(todo, None)
                 if rec is None:
                     return
-                pending.append((rec, pool.submit(load_pixels, rec.path, spec, resize)))
+                pending.append((rec, pool.submit(load_pixels, rec.path, spec, resizer)))
 
         refill()
         while pending:

@@ -30,7 +30,7 @@ from reportgen.images import encode_thumbnail, to_uint8
 from reportgen.model import TracedModel
 from reportgen.model.load import LossSpec
 from reportgen.model.preprocess import Preprocessing, make_preprocessing, resizer
-from reportgen.model.tf import tf
+from reportgen.model.tf import keras, tf
 from reportgen.report import Metrics, ProbeResult, ScanResult, TopEntry, UnitResult
 from reportgen.stats import (
     ConfusionCounter,
@@ -164,8 +164,10 @@ def pixel_dtype(traced: TracedModel):
 class _MiningStep:
     """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K."""
 
-    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], preprocessing: Preprocessing, batch_size: int) -> None:
+    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], preprocessing: Preprocessing, batch_size: int,
+                 loss: _PerImageLoss | None = None) -> None:
         self.k = k
+        self.loss = loss
         self.preprocessing = preprocessing
         self.layers = traced.map_layers
         index = {node.name: i for i, node in enumerate(self.layers)}
@@ -224,40 +226,35 @@ class _MiningStep:
             places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
         new_vals = tf.transpose(tf.concat(values, axis=1))  # [units + probes, batch]
         new_pos = tf.transpose(tf.concat(places, axis=1))
-        return preds, batch_max, _merge_top_k(*state, new_vals, ids, new_pos, self.k)
+        losses = self.loss(ids, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
+        return preds, batch_max, losses, _merge_top_k(*state, new_vals, ids, new_pos, self.k)
 
 
-class _LossMeter:
-    """The compiled loss, averaged over images the way `model.evaluate` reports it (regularisation included)."""
+class _PerImageLoss:
+    """The model's loss per image, computed in the graph on the output tensor itself, as
+    `model.evaluate` does: Keras computes a sigmoid/softmax output's cross-entropy from the logits
+    that tensor carries, which differs from the clipped probabilities where the model is confident."""
 
-    def __init__(self, loss: LossSpec, model, mode: str, num_outputs: int) -> None:
-        self.fn = loss.fn if mode != "none" else None
-        self.total = 0.0
-        self.count = 0
-        if self.fn is None:
+    def __init__(self, loss: LossSpec, mode: str, num_outputs: int, labels: np.ndarray) -> None:
+        self.enabled = loss.fn is not None and mode != "none"
+        if not self.enabled:
             return
-        self.sparse = "sparse" in str(loss.name).lower()
-        self.num_outputs = num_outputs
+        fn = loss.fn
+        self.call = fn.call if isinstance(fn, keras.losses.Loss) else fn  # unreduced: one value per image
+        self.sparse = "sparse" in f"{loss.name} {type(fn).__name__} {getattr(fn, 'fn', '')}".lower()
         self.mode = mode
-        self.regularization = float(sum(float(x) for x in model.losses)) if model.losses else 0.0
+        self.num_outputs = num_outputs
+        self.labels = tf.constant(np.maximum(labels, 0).astype(np.int32))
 
-    def update(self, labels: np.ndarray, preds) -> None:
-        if self.fn is None:
-            return
+    def __call__(self, ids, preds):
+        labels = tf.gather(self.labels, tf.maximum(ids, 0))
         if self.mode == "binary":
-            y = labels.astype(np.float32)[:, None]
+            y_true = tf.cast(labels, preds.dtype)[:, None]
         elif self.sparse:
-            y = labels.astype(np.int64)
+            y_true = labels
         else:
-            y = np.eye(self.num_outputs, dtype=np.float32)[labels]
-        value = np.asarray(self.fn(y, preds), dtype=np.float64)
-        self.total += float(value.sum()) if value.ndim else float(value) * len(labels)
-        self.count += len(labels)
-
-    def result(self) -> float | None:
-        if self.fn is None or not self.count:
-            return None
-        return self.total / self.count + self.regularization
+            y_true = tf.one_hot(labels, self.num_outputs, dtype=preds.dtype)
+        return tf.reshape(tf.cast(self.call(y_true, preds), tf.float32), [-1])
 
 
 def _progress(total: int, desc: str, quiet: bool):
@@ -277,38 +274,40 @@ def scan_dataset(
     """The one pass over the dataset: metrics, histograms and every unit's top K. Fills dataset.skipped."""
     probes = probes or []
     preprocessing = preprocessing or DEFAULT_PREPROCESSING
-    miner = _MiningStep(traced, top_k, probes, preprocessing, batch_size)
-    state = miner.initial_state()
     units_per_layer = [node.channels for node in traced.map_layers]
     histograms = StreamingHistograms(sum(units_per_layer))
     mode, note = classification_mode(traced.info.num_outputs, len(dataset.classes))
     confusion = ConfusionCounter(len(dataset.classes)) if mode != "none" else None
-    loss = _LossMeter(traced.loss, traced.model, mode, traced.info.num_outputs)
     logits = bool(traced.info.head and traced.info.head.logits)
     labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
+    per_image_loss = _PerImageLoss(traced.loss, mode, traced.info.num_outputs, labels)
+    miner = _MiningStep(traced, top_k, probes, preprocessing, batch_size, per_image_loss)
+    state = miner.initial_state()
+    loss_sum = [0.0, 0]  # the loss over labelled images, and their count
 
-    def update_stats(preds, maxima, indices) -> None:
+    def update_stats(preds, maxima, losses, indices) -> None:
         histograms.update(maxima.numpy())
         if confusion is not None:
             batch_labels = labels[indices]
             confusion.update(batch_labels, predicted_classes(preds.numpy(), mode, logits))
-            loss.update(batch_labels, preds)
+            loss_sum[0] += float(np.sum(losses.numpy(), dtype=np.float64))
+            loss_sum[1] += len(indices)
 
     seen = 0
     # The host-side statistics of one batch run in a helper thread while the graph runs the next
     # (TensorFlow releases the GIL); one thread, so batches are counted in order.
     with _progress(len(dataset.records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
         pending = None
-        for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped, resize=resizer(traced.spec)):
+        for batch in iter_batches(dataset.records, traced.spec, batch_size, dataset.skipped, resizer=resizer(traced.spec)):
             n = len(batch.indices)
             pixels, ids = batch.pixels, batch.indices
             if n < batch_size:  # pad the last batch: the step keeps one shape and is traced once
                 pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
                 ids = np.concatenate([ids, np.full(batch_size - n, -1, ids.dtype)])
-            preds, maxima, state = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), state)
+            preds, maxima, losses, state = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), state)
             if pending is not None:
                 pending.result()
-            pending = stats.submit(update_stats, preds[:n], maxima[:n], batch.indices)
+            pending = stats.submit(update_stats, preds[:n], maxima[:n], losses[:n], batch.indices)
             seen += len(batch.indices)
             bar.update(seen + len(dataset.skipped) - bar.n)
         if pending is not None:
@@ -339,7 +338,11 @@ def scan_dataset(
     ]
 
     if confusion is not None:
-        metrics = confusion.metrics(dataset.classes, mode, note, loss.result())
+        loss = None
+        if per_image_loss.enabled and loss_sum[1]:
+            regularization = float(sum(float(x) for x in traced.model.losses)) if traced.model.losses else 0.0
+            loss = loss_sum[0] / loss_sum[1] + regularization  # as model.evaluate: regularisation added to each batch's loss
+        metrics = confusion.metrics(dataset.classes, mode, note, loss)
     else:
         metrics = Metrics(accuracy=None, loss=None, per_class={}, confusion=None, note=note, evaluated=0, mode=mode)
     return ScanResult(units=units, probes=probe_results, metrics=metrics, num_images=seen)
@@ -432,7 +435,7 @@ def gallery_data(
     thumbnails: dict[int, tuple[bytes, str]] = {}
     failed: list = []
     with _progress(len(records), "drawing top images", quiet) as bar:
-        for batch in iter_batches(records, traced.spec, batch_size, failed, resize=resizer(traced.spec)):
+        for batch in iter_batches(records, traced.spec, batch_size, failed, resizer=resizer(traced.spec)):
             pixels_in = batch.pixels
             if len(pixels_in) < batch_size:  # one shape, one trace
                 pad = np.zeros((batch_size - len(pixels_in), *pixels_in.shape[1:]), pixels_in.dtype)

@@ -165,7 +165,8 @@ class _Assembler:
         self.assets = _Assets()
         self.pages: dict[str, str] = {}
         info = si.info
-        self.input_hw = (int(info.input_shape[1]), int(info.input_shape[2]))
+        shape = info.run_input_shape or info.input_shape  # the size it ran at (--input-size for unfixed inputs)
+        self.input_hw = (int(shape[1]), int(shape[2]))
         self.classes = si.dataset.classes
         self.thumbs = {index: self.assets.add("img", *si.thumbnails[index]) for index in sorted(si.thumbnails)}
 

@@ -164,8 +164,8 @@ def _first_layers(model):
     for layer in layers:
         if isinstance(layer, keras.Model):
             yield from _first_layers(layer)
-            return
-        yield layer
+        else:
+            yield layer
 
 
 def _functional_chain(model) -> list:
@@ -295,16 +295,25 @@ def choose_preprocessing(model, channels: int, *, mode: str = "auto", rescale: f
     return chosen, warnings
 
 
-def resizer(spec):
-    """The resize function for an InputSpec: None for Pillow's nearest (dataset.py does it), otherwise
-    tf.image.resize as image_dataset_from_directory does it: uint8 [h, w, c] -> float32 [height, width, c]."""
-    if spec.interpolation == "nearest":
-        return None
-    from reportgen.model.tf import tf
+class TFResizer:
+    """Decode and resize as `keras.utils.image_dataset_from_directory` does (dataset.Resizer)."""
 
-    method = spec.interpolation
+    def __init__(self, method: str) -> None:
+        from reportgen.model.tf import tf
 
-    def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        return tf.image.resize(pixels, size, method=method, antialias=False).numpy().astype(np.float32, copy=False)
+        self.tf = tf
+        self.method = method
 
-    return resize
+    def decode(self, data: bytes, channels: int) -> np.ndarray | None:
+        try:
+            return self.tf.image.decode_image(data, channels=channels, expand_animations=False).numpy()
+        except Exception:  # TensorFlow cannot decode it: Pillow will (or will say why not)
+            return None
+
+    def resize(self, pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return self.tf.image.resize(pixels, size, method=self.method).numpy().astype(np.float32, copy=False)
+
+
+def resizer(spec) -> TFResizer | None:
+    """None for `nearest` (Pillow, in dataset.py), otherwise a TFResizer for the spec's method."""
+    return None if spec.interpolation == "nearest" else TFResizer(spec.interpolation)
