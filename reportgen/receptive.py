@@ -102,17 +102,42 @@ def receptive_fields(nodes: list[LayerNode], input_hw: tuple[int, int]) -> dict[
             name = alias[name]
         return name
 
+    whole = whole_image(input_hw)
+    whole_reads = [np.array([[0.0, float(n)]]) for n in input_hw]
+    global_names: set[str] = set()  # layers whose output summarises the whole image (no spatial layout left)
+    context: dict[str, str] = {}  # layer -> the global summary it is also scaled by (squeeze-and-excitation)
+
     for node in nodes:
-        if len(node.output_shape) != 4 or node.geometry.op == "model":
+        if node.geometry.op == "model":
+            continue
+        sources = [real(name) for name in node.inputs]
+        if len(node.output_shape) != 4 or node.geometry.op == "global":
+            # a vector (or 1 x 1 map) made from the image: every position of it reads the whole image
+            if node.geometry.op != "input" and sources and all(name in fields for name in sources):
+                fields[node.name], reads[node.name] = whole, whole_reads
+                global_names.add(node.name)
             continue
         if node.geometry.op == "input":
             fields[node.name], reads[node.name] = start, pixels
             continue
-        sources = [real(name) for name in node.inputs]
         missing = [name for name in sources if name not in fields]
         if missing or not sources:
             problems[node.name] = problems.get(missing[0], "its input has no receptive field") if missing else "no input"
             continue
+        if all(name in global_names for name in sources) and node.spatial == (1, 1):
+            fields[node.name], reads[node.name] = whole, whole_reads  # e.g. Reshape, or a 1x1 conv, of a global summary
+            global_names.add(node.name)
+            continue
+        if node.geometry.op == "reshape":
+            problems[node.name] = "not defined for a Reshape of a feature map"
+            continue
+        summaries = [name for name in sources if name in global_names]
+        if summaries and node.geometry.op == "pointwise":  # a local map scaled (or shifted) by a global summary
+            context[node.name] = summaries[0]
+            sources = [name for name in sources if name not in global_names]
+        for name in sources:
+            if name in context and node.name not in context:
+                context[node.name] = context[name]
         ins = [fields[name] for name in sources]
         out_hw = node.spatial
         if node.geometry.op == "pointwise":
@@ -153,5 +178,16 @@ def receptive_fields(nodes: list[LayerNode], input_hw: tuple[int, int]) -> dict[
             result[node.name] = grid_cell(input_hw, node.spatial, f"receptive field {why}; showing the grid cell")
         else:
             rows, cols = reads[node.name]
-            result[node.name] = ReceptiveField(rf.size, rf.stride, rf.offset, True, "", reads=(rows.tolist(), cols.tolist()))
+            note = ""
+            if node.name in global_names:
+                note = "every position reads the whole image (a global summary)"
+            elif node.name in context:
+                note = f"the unit is also scaled by '{context[node.name]}', a summary of the whole image (squeeze-and-excitation)"
+            result[node.name] = ReceptiveField(rf.size, rf.stride, rf.offset, True, note, reads=(rows.tolist(), cols.tolist()))
     return result
+
+
+def whole_image(input_hw: tuple[int, int]) -> ReceptiveField:
+    """The field of a global summary: one position that reads every pixel."""
+    h, w = float(input_hw[0]), float(input_hw[1])
+    return ReceptiveField(size=(h, w), stride=(h, w), offset=(h / 2, w / 2), exact=True)

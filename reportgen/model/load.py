@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reportgen.errors import UserError
-from reportgen.model.repair import AppliedRepair, repair_model_config
+from reportgen.model.repair import LOSS_ALIASES, AppliedRepair, repair_model_config
 from reportgen.model.tf import keras
 
 log = logging.getLogger("reportgen")
@@ -273,13 +273,13 @@ def loss_from_config(cfg, compiled: bool = True) -> LossSpec:
     label = _loss_label(cfg)
     try:
         if isinstance(cfg, str):
-            fn = keras.losses.get(cfg)
+            fn = keras.losses.get(LOSS_ALIASES.get(cfg, cfg))
         else:
             fn = keras.losses.deserialize(_repaired_loss_config(cfg))
     except Exception as exc:
         return LossSpec(name=label, note=f"Keras 3 cannot rebuild the loss '{label}' from the file ({_short(exc, 160)})")
-    if fn is None:
-        return LossSpec(name=label, note=f"Keras 3 does not know the loss '{label}'")
+    if fn is None or isinstance(fn, str) or not callable(fn):
+        return LossSpec(name=label, note=f"Keras 3 does not know the loss '{label}' (a custom loss?)")
     return LossSpec(fn=fn, name=label, from_logits=_from_logits(fn))
 
 

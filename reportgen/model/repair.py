@@ -1,15 +1,21 @@
-"""Layer configs written by Keras 2 that Keras 3 cannot read, and how each is rewritten.
+"""Model configs written by Keras 2 that Keras 3 cannot read, and how each is rewritten.
 
-A model file from tf.keras 2.x (or standalone Keras 2.x) holds its architecture as JSON. Keras 3
-reads most of it, but not every argument older versions wrote. Each row of `REPAIRS` names one
-such difference, the Keras versions that write it, and rewrites it into what Keras 3 reads with
-the same meaning. `repair_model_config` applies the table to a copy of the config and returns
-which rows applied where; load.py writes the repaired config into a temporary copy of the file
-(the user's file is never touched).
+A model file from Keras 2.x or tf.keras 2.x holds its architecture as JSON. Keras 3 reads most of
+it, but not every form older versions wrote. Each row of `REPAIRS` names one such difference, the
+Keras versions that write it, and rewrites it into what Keras 3 reads with the same meaning.
+`repair_model_config` applies the table to a copy of the config and says which rows applied
+where; load.py writes the result into a temporary copy of the file (the user's file is never
+touched). The rows were found on real files written by those versions (tests/fixtures/corpus,
+whose KERAS3_FAILURES.md has Keras 3's error for each).
 
-Only arguments that do not change what the model computes at inference are dropped
-(initial values, regularisers, training-only switches at their defaults); a repair that would
-change the numbers is refused instead (`UnrepairableConfig`).
+Only arguments that do not change what the model computes at inference are dropped (training-only
+switches at their defaults, arguments a layer ignores); a config that would compute something
+else in Keras 3 is refused (`UnrepairableConfig`).
+
+Two layouts: a layer entry without a `module` key (HDF5 files of Keras 2) goes through Keras 3's
+legacy reader, which renames a few arguments itself, but only at the top level; an entry with
+`module` (tf.keras 2.13-2.15: nested models in HDF5, everything in a .keras zip) goes through the
+new reader, which renames nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ class AppliedRepair:
     name: str
     versions: str
     what: str
-    layers: tuple[str, ...]
+    layers: tuple[str, ...]  # where it applied (layer or model names)
 
     def as_dict(self) -> dict:
         return {"name": self.name, "versions": self.versions, "what": self.what, "layers": list(self.layers)}
@@ -38,28 +44,28 @@ class AppliedRepair:
 
 @dataclass(frozen=True)
 class Repair:
-    """One known difference. `fix(layer, ctx)` rewrites one layer entry ({"class_name", "config", ...})
-    in place and returns True when it changed something."""
+    """One known difference. `fix(entry)` rewrites one layer entry ({"class_name", "config", ...}) in
+    place and returns True when it changed something. `models_only`: the entry is a model's."""
 
     name: str
     versions: str  # the Keras versions that write the old form
     what: str
-    fix: Callable[[dict, "_Context"], bool] = field(repr=False)
+    fix: Callable[[dict], bool] = field(repr=False)
+    models_only: bool = False
 
 
-@dataclass
-class _Context:
-    nested: bool  # the layer belongs to a model nested inside another
-
-
-def _cfg(layer: dict) -> dict:
-    cfg = layer.get("config")
+def _cfg(entry: dict) -> dict:
+    cfg = entry.get("config")
     return cfg if isinstance(cfg, dict) else {}
 
 
-def _drop(layer: dict, keys: dict) -> bool:
-    """Drop `keys` from the layer config when they hold the given harmless values (None: any value)."""
-    cfg, changed = _cfg(layer), False
+def _name(entry: dict) -> str:
+    return str(_cfg(entry).get("name", entry.get("name", "")))
+
+
+def _drop(entry: dict, keys: dict) -> bool:
+    """Drop `keys` from the config when they hold a harmless value (None in the dict: any value)."""
+    cfg, changed = _cfg(entry), False
     for key, harmless in keys.items():
         if key in cfg and (harmless is None or cfg[key] in harmless):
             del cfg[key]
@@ -67,28 +73,30 @@ def _drop(layer: dict, keys: dict) -> bool:
     return changed
 
 
-def _depthwise_groups(layer, ctx) -> bool:
-    if layer.get("class_name") != "DepthwiseConv2D":
+def _kind(entry: dict) -> str:
+    return str(entry.get("class_name", ""))
+
+
+def _groups_of_one(entry: dict) -> bool:
+    if _kind(entry) not in ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+                            "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"):
         return False
-    cfg = _cfg(layer)
-    if cfg.get("groups", 1) != 1:
-        raise UnrepairableConfig(f"layer '{cfg.get('name')}': DepthwiseConv2D with groups={cfg['groups']} has no Keras 3 equivalent")
-    # tf.keras 2 DepthwiseConv2D subclasses Conv2D and writes its unused arguments too
-    return _drop(layer, {"groups": None, "filters": None, "kernel_initializer": None, "kernel_regularizer": None, "kernel_constraint": None})
+    groups = _cfg(entry).get("groups", 1)
+    if groups != 1:
+        raise UnrepairableConfig(f"layer '{_name(entry)}': {_kind(entry)} with groups={groups} has no Keras 3 equivalent")
+    return _drop(entry, {"groups": None})
 
 
-def _separable_unused(layer, ctx) -> bool:
-    if layer.get("class_name") not in ("SeparableConv2D", "SeparableConv1D"):
+def _separable_kernel_arguments(entry: dict) -> bool:
+    if _kind(entry) not in ("SeparableConv1D", "SeparableConv2D"):
         return False
-    cfg = _cfg(layer)
-    if cfg.get("groups", 1) != 1:
-        raise UnrepairableConfig(f"layer '{cfg.get('name')}': SeparableConv2D with groups={cfg['groups']} has no Keras 3 equivalent")
-    return _drop(layer, {"groups": None, "kernel_initializer": None, "kernel_regularizer": None, "kernel_constraint": None})
+    return _drop(entry, {"kernel_initializer": None, "kernel_regularizer": None, "kernel_constraint": None})
 
 
-def _batchnorm_axis(layer, ctx) -> bool:
-    """`axis: [3]` in a nested model (Keras 3 converts it only at the top level)."""
-    cfg = _cfg(layer)
+def _axis_list(entry: dict) -> bool:
+    if _kind(entry) not in ("BatchNormalization", "LayerNormalization"):
+        return False
+    cfg = _cfg(entry)
     axis = cfg.get("axis")
     if isinstance(axis, list) and len(axis) == 1 and isinstance(axis[0], int):
         cfg["axis"] = axis[0]
@@ -96,81 +104,80 @@ def _batchnorm_axis(layer, ctx) -> bool:
     return False
 
 
-def _batchnorm_legacy(layer, ctx) -> bool:
-    if layer.get("class_name") != "BatchNormalization":
+def _spatial_dropout(entry: dict) -> bool:
+    if _kind(entry) not in ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"):
         return False
-    cfg = _cfg(layer)
-    if cfg.get("renorm"):
-        raise UnrepairableConfig(f"layer '{cfg.get('name')}': BatchNormalization with renorm=True has no Keras 3 equivalent")
-    if cfg.get("virtual_batch_size") is not None:
-        raise UnrepairableConfig(f"layer '{cfg.get('name')}': BatchNormalization with virtual_batch_size has no Keras 3 equivalent")
-    return _drop(layer, {"renorm": (False,), "renorm_clipping": None, "renorm_momentum": None, "fused": None,
-                         "virtual_batch_size": (None,), "adjustment": (None,), "trainable_weights": None})
+    return _drop(entry, {"trainable": None, "noise_shape": (None,)})
 
 
-def _variance_scaling_normal(layer, ctx) -> bool:
-    """Keras 2.0-2.2 wrote VarianceScaling(distribution='normal'), which meant a truncated normal."""
-    changed = False
-
-    def walk(obj):
-        nonlocal changed
-        if isinstance(obj, dict):
-            if obj.get("class_name") == "VarianceScaling" and isinstance(obj.get("config"), dict):
-                if obj["config"].get("distribution") == "normal":
-                    obj["config"]["distribution"] = "truncated_normal"
-                    changed = True
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                walk(v)
-
-    walk(_cfg(layer))
-    return changed
+def _recurrent_time_major(entry: dict) -> bool:
+    if _kind(entry) not in ("LSTM", "GRU", "SimpleRNN"):
+        return False
+    if _cfg(entry).get("time_major"):
+        raise UnrepairableConfig(f"layer '{_name(entry)}': {_kind(entry)} with time_major=True has no Keras 3 equivalent")
+    return _drop(entry, {"time_major": None})
 
 
-# Applied to every layer entry of every (nested) model config, in this order.
-REPAIRS: list[Repair] = [
-    Repair("batchnorm-axis-list", "tf.keras 2.x (nested models)",
-           "BatchNormalization `axis: [3]` written as a list inside a nested model: read as `axis: 3`", _batchnorm_axis),
-    Repair("depthwise-conv-groups", "tf.keras 2.1-2.15",
-           "DepthwiseConv2D written with Conv2D's unused arguments (`groups: 1`, `kernel_*`): dropped", _depthwise_groups),
-    Repair("separable-conv-unused", "tf.keras 2.1-2.15",
-           "SeparableConv2D written with Conv2D's unused arguments (`groups: 1`, `kernel_*`): dropped", _separable_unused),
-    Repair("batchnorm-legacy-arguments", "tf.keras 2.x",
-           "BatchNormalization's tf.keras-only arguments at their defaults (`renorm`, `fused`, `virtual_batch_size`, `adjustment`): dropped",
-           _batchnorm_legacy),
-    Repair("variance-scaling-normal", "Keras 2.0-2.2",
-           "initializer VarianceScaling(distribution='normal') (a truncated normal then): written as 'truncated_normal'", _variance_scaling_normal),
-]
+def _attention_shapes(entry: dict) -> bool:
+    if _kind(entry) != "MultiHeadAttention":
+        return False
+    return _drop(entry, {"query_shape": None, "key_shape": None, "value_shape": None})
 
 
-def _model_configs(config: dict, nested: bool):
-    """Yield (model config dict, nested) for the model and every model nested in it."""
-    yield config, nested
-    inner = config.get("config")
-    layers = inner.get("layers") if isinstance(inner, dict) else None
-    for layer in layers or []:
-        if isinstance(layer, dict) and isinstance(layer.get("config"), dict) and "layers" in layer["config"]:
-            yield from _model_configs(layer, True)
+def _removed_augmentation(entry: dict) -> bool:
+    """RandomHeight/RandomWidth are gone from Keras 3; at inference they returned their input."""
+    if _kind(entry) not in ("RandomHeight", "RandomWidth"):
+        return False
+    cfg = _cfg(entry)
+    entry["class_name"] = "Identity"
+    entry["config"] = {key: cfg[key] for key in ("name", "trainable", "dtype") if key in cfg}
+    if "module" in entry:
+        entry["module"] = "keras.layers"
+    return True
 
 
-def _sequential_list(config: dict) -> bool:
-    """Keras 2.0-2.1 wrote a Sequential's config as a bare list of layers (also for nested Sequentials)."""
-    changed = False
-    if config.get("class_name") in ("Sequential",) and isinstance(config.get("config"), list):
-        config["config"] = {"name": config.get("name", "sequential"), "layers": config["config"]}
-        changed = True
-    inner = config.get("config")
-    for layer in (inner.get("layers") if isinstance(inner, dict) else None) or []:
-        if isinstance(layer, dict) and layer.get("class_name") in ("Sequential", "Model", "Functional"):
-            changed |= _sequential_list(layer)
-    return changed
+_OLD_MODULES = {
+    "keras.src.engine.functional": "keras.src.models.functional",
+    "keras.src.engine.sequential": "keras.src.models.sequential",
+    "keras.src.engine.training": "keras.src.models.model",
+}
 
 
-def _unwrap_nested_io(model: dict) -> bool:
-    """A nested Functional's single input/output written as `[["name", 0, 0]]` makes it return a list (keras-team/keras#20084)."""
-    cfg, changed = model.get("config", {}), False
+def _engine_module(entry: dict) -> bool:
+    module = entry.get("module")
+    if module in _OLD_MODULES:
+        entry["module"] = _OLD_MODULES[module]
+        return True
+    return False
+
+
+def _sequential_list(entry: dict) -> bool:
+    if _kind(entry) == "Sequential" and isinstance(entry.get("config"), list):
+        entry["config"] = {"name": entry.get("name", "sequential"), "layers": entry["config"]}
+        return True
+    return False
+
+
+def _sequential_input(entry: dict) -> bool:
+    """A Keras 2.0-2.2 Sequential has no InputLayer: its first layer carries `batch_input_shape`."""
+    if _kind(entry) != "Sequential":
+        return False
+    layers = _cfg(entry).get("layers")
+    if not layers or not isinstance(layers[0], dict) or _kind(layers[0]) == "InputLayer":
+        return False
+    first = _cfg(layers[0])
+    shape = first.get("batch_input_shape")
+    if shape is None:
+        return False
+    del first["batch_input_shape"]
+    dtype = first.pop("dtype", "float32")
+    input_config = {"batch_shape": shape, "dtype": dtype, "sparse": False, "name": f"{first.get('name', 'layer')}_input"}
+    layers.insert(0, {"class_name": "InputLayer", "config": input_config})
+    return True
+
+
+def _nested_single_io(entry: dict) -> bool:
+    cfg, changed = _cfg(entry), False
     for key in ("input_layers", "output_layers"):
         value = cfg.get(key)
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], list):
@@ -179,38 +186,75 @@ def _unwrap_nested_io(model: dict) -> bool:
     return changed
 
 
-_STRUCTURAL = [
-    ("sequential-config-list", "Keras 2.0-2.1", "a Sequential's config written as a bare list of layers: wrapped as {\"layers\": [...]}"),
-    ("nested-single-io-list", "tf.keras 2.x (nested Functional models)",
-     "a nested model's single input/output written as a one-item list: unwrapped (keras-team/keras#20084)"),
+# Applied in this order to every layer entry of the model and of every model nested in it.
+REPAIRS: list[Repair] = [
+    Repair("sequential-config-list", "Keras 2.0.0-2.2.2",
+           "a Sequential's config written as a bare list of layers: wrapped as {\"layers\": [...]}", _sequential_list, models_only=True),
+    Repair("sequential-without-input-layer", "Keras 2.0-2.2",
+           "a Sequential without an InputLayer, its first layer holding `batch_input_shape`: an InputLayer of that shape put first",
+           _sequential_input, models_only=True),
+    Repair("engine-module", "tf.keras 2.13-2.15 (.keras zip)",
+           "models written with `module: keras.src.engine.*`: read from Keras 3's keras.src.models", _engine_module),
+    Repair("groups-of-one", "tf.keras 2.x",
+           "DepthwiseConv, SeparableConv and ConvTranspose layers written with Conv's `groups: 1`: dropped (it is always 1 for them)",
+           _groups_of_one),
+    Repair("separable-kernel-arguments", "tf.keras 2.x",
+           "SeparableConv written with Conv's unused `kernel_initializer/regularizer/constraint`: dropped (the depthwise and pointwise ones hold the values)",
+           _separable_kernel_arguments),
+    Repair("axis-list", "tf.keras 2.x (nested models of 2.13-2.15 HDF5 files, .keras zips)",
+           "BatchNormalization/LayerNormalization `axis: [3]` written as a one-item list: read as `axis: 3`", _axis_list),
+    Repair("spatial-dropout-arguments", "tf.keras 2.x",
+           "SpatialDropout written with `trainable` and `noise_shape: null`: dropped (it has no weights and no noise shape)", _spatial_dropout),
+    Repair("recurrent-time-major", "tf.keras 2.x", "LSTM/GRU/SimpleRNN `time_major: false`: dropped (Keras 3's only layout)", _recurrent_time_major),
+    Repair("attention-shapes", "tf.keras 2.x", "MultiHeadAttention's saved `query/key/value_shape`: dropped (Keras 3 reads them from its inputs)",
+           _attention_shapes),
+    Repair("removed-random-resize", "tf.keras 2.6-2.15",
+           "RandomHeight/RandomWidth, gone from Keras 3 and inactive at inference: read as Identity", _removed_augmentation),
+    Repair("nested-single-io-list", "tf.keras 2.x (nested Functional models)",
+           "a nested model's single input/output written as a one-item list: unwrapped (keras-team/keras#20084)", _nested_single_io,
+           models_only=True),
 ]
 
 
+def _is_model(entry: dict) -> bool:
+    cfg = entry.get("config")
+    return isinstance(cfg, list) or (isinstance(cfg, dict) and "layers" in cfg)
+
+
+def _walk(entry: dict, nested: bool, visit) -> None:
+    """visit(entry, nested) for a model entry and every layer entry below it, models first."""
+    visit(entry, nested)
+    cfg = entry.get("config")
+    for layer in (cfg.get("layers") if isinstance(cfg, dict) else None) or []:
+        if isinstance(layer, dict):
+            if _is_model(layer):
+                _walk(layer, True, visit)
+            else:
+                visit(layer, True)
+
+
 def repair_model_config(config: dict) -> tuple[dict, list[AppliedRepair]]:
-    """A repaired copy of a model config (the `model_config` of an HDF5 file, or a .keras zip's
-    config.json), and the repairs that applied. The input is not changed."""
+    """A repaired copy of a model config (an HDF5 file's `model_config`, or a .keras zip's config.json)
+    and the repairs that applied. The input is not changed."""
     fixed = copy.deepcopy(config)
     hits: dict[str, list[str]] = {}
-    if _sequential_list(fixed):
-        hits.setdefault("sequential-config-list", []).append(str(fixed.get("config", {}).get("name", "")))
-    for model, nested in _model_configs(fixed, False):
-        model_name = str(_cfg(model).get("name", ""))
-        if nested and _unwrap_nested_io(model):
-            hits.setdefault("nested-single-io-list", []).append(model_name)
-        for layer in _cfg(model).get("layers", []) or []:
-            if not isinstance(layer, dict):
+
+    def visit(entry: dict, nested: bool) -> None:
+        is_model = _is_model(entry)
+        for repair in REPAIRS:
+            if repair.models_only and not is_model:
                 continue
-            ctx = _Context(nested=nested)
-            for repair in REPAIRS:
-                if repair.name == "batchnorm-axis-list" and not nested:
-                    continue  # Keras 3 converts the top level itself
-                if repair.fix(layer, ctx):
-                    hits.setdefault(repair.name, []).append(str(_cfg(layer).get("name", layer.get("name", ""))))
-    table = {r.name: (r.versions, r.what) for r in REPAIRS} | {n: (v, w) for n, v, w in _STRUCTURAL}
-    applied = [AppliedRepair(name, *table[name], tuple(layers)) for name, layers in hits.items()]
+            if repair.name == "nested-single-io-list" and not nested:
+                continue  # the top model's lists are what Keras 3 expects
+            if repair.fix(entry):
+                hits.setdefault(repair.name, []).append(_name(entry))
+
+    if isinstance(fixed, dict):
+        _walk(fixed, False, visit)
+    applied = [AppliedRepair(r.name, r.versions, r.what, tuple(hits[r.name])) for r in REPAIRS if r.name in hits]
     return fixed, applied
 
 
-def repair_table() -> list[tuple[str, str, str]]:
-    """(name, versions, what) of every known repair, for the README and the tests."""
-    return [(n, v, w) for n, v, w in _STRUCTURAL] + [(r.name, r.versions, r.what) for r in REPAIRS]
+# Loss names Keras 2 accepted that Keras 3 only knows as metrics.
+LOSS_ALIASES = {"mse": "mean_squared_error", "mae": "mean_absolute_error", "mape": "mean_absolute_percentage_error",
+                "msle": "mean_squared_logarithmic_error"}

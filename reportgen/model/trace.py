@@ -25,7 +25,13 @@ _POINTWISE = {
     "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
     "Rescaling", "Normalization", "Identity", "Masking",
     "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate",
+    "Dense",  # on a (batch, h, w, c) map, Dense acts on each position alone (ConvNeXt's pointwise convolutions)
+    "LayerScale", "StochasticDepth",  # keras.applications' own per-position layers (ConvNeXt)
+    # Keras 3 operations in a functional graph (x + 3, x * y, ...): element by element
+    "Divide", "TrueDivide", "Negative", "Absolute", "Abs", "Square", "Sqrt", "Exp", "Log", "Power", "Clip",
+    "Relu", "Relu6", "Sigmoid", "HardSigmoid", "HardSwish", "Silu", "Swish", "Gelu", "Tanh", "Softplus", "Cast",
 }
+_GLOBAL = {"GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D", "GlobalMaxPooling1D"}
 _WINDOW = {"Conv2D", "DepthwiseConv2D", "SeparableConv2D", "MaxPooling2D", "AveragePooling2D"}
 
 
@@ -78,6 +84,10 @@ def _geometry(layer) -> Geometry:
         return Geometry("crop", before=(int(top), int(left)))
     if kind in _POINTWISE:
         return Geometry("pointwise")
+    if kind in _GLOBAL:
+        return Geometry("global")
+    if kind == "Reshape":
+        return Geometry("reshape")
     return Geometry("unknown")
 
 
@@ -127,7 +137,7 @@ class _Tracer:
                 name=qualified,
                 type=type(layer).__name__,
                 output_shape=shape,
-                params=int(layer.count_params()) if layer.built else 0,
+                params=int(layer.count_params()) if getattr(layer, "built", False) and hasattr(layer, "count_params") else 0,
                 depth=depth,
                 parent=parent,
                 inputs=[self.producer.get(id(t), "") for t in inputs],
@@ -173,11 +183,13 @@ class _Tracer:
         def refs(spec):
             return [spec] if spec and isinstance(spec[0], str) else list(spec)
 
+        # Layers, and the Keras 3 operations (x + y, x * y) that a functional graph holds beside them.
+        operations = {op.name: op for op in getattr(model, "operations", [])}
         produced: dict[tuple[str, int], list] = {}
         for (name, _, _), tensor in zip(refs(config["input_layers"]), inputs):
             produced[(name, 0)] = [tensor]
             if depth == 0:  # a nested model's inputs are its caller's tensors, already recorded
-                self.record(model.get_layer(name), self._unique(prefix + name), [], tensor, depth, parent)
+                self.record(operations.get(name) or model.get_layer(name), self._unique(prefix + name), [], tensor, depth, parent)
 
         def resolve(obj):
             if isinstance(obj, dict):
@@ -213,7 +225,7 @@ class _Tracer:
                     continue
                 args = resolve(node.get("args", ()))
                 kwargs = resolve(node.get("kwargs", {}))
-                out = self.apply(model.get_layer(name), tuple(args), dict(kwargs), prefix, depth, parent)
+                out = self.apply(operations.get(name) or model.get_layer(name), tuple(args), dict(kwargs), prefix, depth, parent)
                 produced[(name, node_index)] = out if isinstance(out, (list, tuple)) else [out]
                 pending.remove(item)
                 progressed = True

@@ -1,0 +1,90 @@
+"""Every keras.applications family traces, reproduces the model's outputs and gets exact receptive fields.
+
+weights=None (nothing is downloaded), the smallest input each family allows. Receptive fields are
+checked against published values (Araujo, Norris and Sim, "Computing Receptive Fields of
+Convolutional Neural Networks", Distill 2019) and by gradients, on a sample of layers and positions:
+an input pixel outside the box drawn for a position never moves that position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+FAMILIES = {
+    "VGG16": {},
+    "ResNet50": {},
+    "ResNet50V2": {},
+    "InceptionV3": {"input_shape": (75, 75, 3)},
+    "Xception": {"input_shape": (71, 71, 3)},
+    "MobileNet": {"alpha": 0.25},
+    "MobileNetV2": {"alpha": 0.35},
+    "MobileNetV3Small": {"minimalistic": False},
+    "DenseNet121": {},
+    "NASNetMobile": {},
+    "EfficientNetB0": {},
+    "EfficientNetV2B0": {},
+    "ConvNeXtTiny": {},
+}
+
+# Published receptive field sizes of the last feature map (same architecture in TF-slim).
+PUBLISHED = {"VGG16": ("block5_pool", 212), "MobileNet": ("conv_pw_13_relu", 315), "InceptionV3": ("mixed10", 1311)}
+
+
+def build(name: str):
+    import keras
+
+    kwargs = dict(FAMILIES[name])
+    kwargs.setdefault("input_shape", (32, 32, 3))
+    keras.utils.set_random_seed(0)
+    return getattr(keras.applications, name)(weights=None, include_top=True, classes=3, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_traces_with_exact_fields(name):
+    from reportgen.model import trace_model
+    from reportgen.model.tf import tf
+    from reportgen.receptive import receptive_fields
+
+    model = build(name)
+    traced = trace_model(model, name)
+    spec = traced.spec
+    x = np.random.default_rng(0).uniform(0, 1, (2, spec.height, spec.width, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(traced.tap(x)[0]), model.predict(x, verbose=0), atol=1e-5)
+    assert traced.info.total_params == model.count_params()
+    hw = (spec.height, spec.width)
+    fields = receptive_fields(traced.info.nodes, hw)
+    inexact = {n: f.note for n, f in fields.items() if not f.exact}
+    assert not inexact, inexact
+    if name in PUBLISHED:
+        layer, size = PUBLISHED[name]
+        assert fields[layer].size == (size, size)
+
+    # Gradients: a sample of layers, at the corners, edges and centre of each, the input a random image.
+    maps = traced.map_layers
+    sample = sorted({0, len(maps) // 3, 2 * len(maps) // 3, len(maps) - 1} | {i for i, n in enumerate(maps) if n.spatial[0] > 1}.intersection(range(1, len(maps), max(1, len(maps) // 6))))
+    checked = 0
+    for i in sample:
+        node = maps[i]
+        field = fields[node.name]
+        if "whole image" in field.note:
+            continue  # squeeze-and-excitation scaling or a global summary: the whole image moves it, as the note says
+        rows, cols = node.spatial
+        positions = [(r, c) for r in sorted({0, rows // 2, rows - 1}) for c in sorted({0, cols // 2, cols - 1})]
+        inp = tf.constant(np.repeat(x[:1], len(positions), axis=0))
+        with tf.GradientTape() as tape:
+            tape.watch(inp)
+            out = traced.tap(inp)[1 + i]
+            y = tf.add_n([tf.reduce_sum(out[b, r, c, :]) for b, (r, c) in enumerate(positions)])
+        grad = np.abs(tape.gradient(y, inp).numpy()).sum(axis=-1) > 0
+        for b, (r, c) in enumerate(positions):
+            box = field.visible_box(r, c, hw)
+            inside = np.zeros(hw, bool)
+            if box is not None:
+                x0, y0, x1, y1 = (int(v) for v in box)
+                inside[y0:y1, x0:x1] = True
+            assert not (grad[b] & ~inside).any(), f"{name} {node.name} ({r}, {c}): gradient outside the box {box}"
+            checked += 1
+    assert checked > 0
