@@ -31,6 +31,8 @@ NEEDS_REPAIR = {
     "tf2.12/separable_bn.h5": {"groups-of-one", "separable-kernel-arguments", "axis-list"},
     "tf2.15/separable_bn.h5": {"groups-of-one", "separable-kernel-arguments", "axis-list"},
     "tf2.15/separable_bn.keras": {"engine-module", "groups-of-one", "separable-kernel-arguments", "axis-list"},
+    "tf2.12/tfop_preprocess.h5": {"tf-op-arithmetic"},
+    "tf2.15/tfop_preprocess.h5": {"tf-op-arithmetic"},
 }
 EXPECTED_REPAIRS = NEEDS_REPAIR | {name: {"axis-list"} for name in AXIS_ONLY}
 
@@ -112,6 +114,16 @@ def test_transfer_learning_file_builds_a_site_with_in_base_units(tmp_path):
     names = [layer["name"] for layer in report["layers"]]
     assert any(n.startswith("mobilenetv2_") and "/block_1_expand" in n for n in names)
     assert report["preprocessing"]["mode"] == "tf" and report["warnings"] == []
+
+
+def test_preprocess_input_inside_a_tf_keras_model_is_in_model_preprocessing():
+    """The TensorFlow tutorial's transfer-learning model: x / 127.5 - 1 recorded as TFOpLambda layers."""
+    from reportgen.model import load_model
+    from reportgen.model.preprocess import choose_preprocessing
+
+    loaded = load_model(CORPUS / "tf2.12/tfop_preprocess.h5")
+    pre, warnings = choose_preprocessing(loaded.model, 3)
+    assert pre.mode == "none" and pre.in_model.startswith("tf.math.truediv (Rescaling: × 1/127.5)") and warnings == []
 
 
 def test_hdf5_named_keras_and_unreadable_loss_notes(tmp_path):

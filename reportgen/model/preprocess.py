@@ -44,7 +44,7 @@ _INACTIVE_AT_INFERENCE = {
     "AugMix", "RandAugment", "CutMix", "MixUp", "Solarization", "GaussianNoise", "GaussianDropout",
     "Dropout", "SpatialDropout2D", "AlphaDropout", "InputLayer",
 }
-_IN_MODEL = {"Rescaling", "Normalization"}
+_IN_MODEL = {"Rescaling", "Normalization"}  # (a tf.keras 2 TFOpLambda x / c, x - c is read as Rescaling: repair.py)
 
 # keras.applications bases by model name (Keras 2 and 3 spellings) -> (family, mode its preprocess_input uses).
 # "in-model": the base holds its own preprocessing layers (Rescaling/Normalization) and takes raw 0..255.

@@ -136,6 +136,35 @@ def _removed_augmentation(entry: dict) -> bool:
     return True
 
 
+# tf.keras 2 records TensorFlow ops called on Keras tensors as TFOpLambda layers; the arithmetic that
+# preprocess_input does inside a model (x / 127.5 - 1, ...) is a Rescaling in Keras 3.
+_ARITHMETIC = {"math.truediv": "divide", "math.divide": "divide", "math.multiply": "multiply",
+               "math.subtract": "subtract", "math.add": "add", "__operators__.add": "add"}
+
+
+def _tf_op_arithmetic(entry: dict) -> bool:
+    if _kind(entry) != "TFOpLambda":
+        return False
+    cfg = _cfg(entry)
+    function = cfg.get("function")
+    nodes = entry.get("inbound_nodes")
+    call = nodes[0] if isinstance(nodes, list) and len(nodes) == 1 else None
+    kwargs = call[3] if isinstance(call, list) and len(call) == 4 and isinstance(call[3], dict) else None
+    y = kwargs.get("y") if kwargs else None
+    if function not in _ARITHMETIC or not isinstance(y, (int, float)) or isinstance(y, bool) or (function in ("math.truediv", "math.divide") and y == 0):
+        raise UnrepairableConfig(
+            f"layer '{_name(entry)}' is a TensorFlow operation recorded by tf.keras 2 (TFOpLambda '{function}'), which Keras 3 "
+            "cannot load; reportgen rewrites only arithmetic with a constant (x / c, x * c, x - c, x + c)"
+        )
+    op = _ARITHMETIC[function]
+    scale, offset = {"divide": (1.0 / y, 0.0), "multiply": (float(y), 0.0), "subtract": (1.0, -float(y)), "add": (1.0, float(y))}[op]
+    entry["class_name"] = "Rescaling"
+    entry["config"] = {"name": cfg.get("name", _name(entry)), "trainable": cfg.get("trainable", True), "dtype": cfg.get("dtype", "float32"),
+                       "scale": scale, "offset": offset}
+    entry["inbound_nodes"] = [[[call[0], call[1], call[2], {}]]]
+    return True
+
+
 _OLD_MODULES = {
     "keras.src.engine.functional": "keras.src.models.functional",
     "keras.src.engine.sequential": "keras.src.models.sequential",
@@ -210,6 +239,9 @@ REPAIRS: list[Repair] = [
            _attention_shapes),
     Repair("removed-random-resize", "tf.keras 2.6-2.15",
            "RandomHeight/RandomWidth, gone from Keras 3 and inactive at inference: read as Identity", _removed_augmentation),
+    Repair("tf-op-arithmetic", "tf.keras 2.4-2.15",
+           "TensorFlow arithmetic with a constant recorded as a TFOpLambda layer (e.g. preprocess_input inside the model: "
+           "x / 127.5 - 1): read as Rescaling (x * scale + offset; the same up to float rounding)", _tf_op_arithmetic),
     Repair("nested-single-io-list", "tf.keras 2.x (nested Functional models)",
            "a nested model's single input/output written as a one-item list: unwrapped (keras-team/keras#20084)", _nested_single_io,
            models_only=True),
