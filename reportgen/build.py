@@ -1,14 +1,13 @@
 """`reportgen build`: the stages in order.
 
-    check --out -> read the dataset listing -> load and trace the model -> choose images
-    -> one pass over the dataset (metrics, histograms, top K) -> maps of the chosen images
-    -> thumbnails and heatmaps of the top images -> receptive fields -> assemble the site
-    -> check its links -> write it atomically
+    check --out -> read the dataset listing -> load, repair and trace the model -> choose the
+    preprocessing and the images to draw -> one pass over the dataset (metrics, histograms, top K,
+    heatmaps, thumbnails) -> receptive fields -> gathered data (report.ReportData)
+    -> the site, written file by file into a temporary folder -> link check -> swapped in for --out
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -19,12 +18,11 @@ import numpy as np
 
 from reportgen.dataset import BadImage, Dataset, discover, load_pixels
 from reportgen.errors import UserError
-from reportgen.receptive import receptive_fields
-from reportgen.report import ChosenImage
-from reportgen.site import SiteInput, assemble_site, broken_links
 from reportgen.images import to_uint8
+from reportgen.receptive import receptive_fields
+from reportgen.report import ChosenImage, ReportData
 from reportgen.stats import as_probabilities, classification_mode, prediction_text
-from reportgen.writer import check_target, write_site
+from reportgen.writer import SiteFolder, check_target
 
 log = logging.getLogger("reportgen")
 
@@ -45,6 +43,7 @@ class BuildOptions:
     rescale: float | None = None  # the scale of --preprocess rescale (default 1/255)
     interpolation: str = "nearest"
     input_size: tuple[int, int] | None = None  # for models whose input height/width are not fixed
+    layers: list[str] = field(default_factory=list)  # glob patterns ("!" excludes) of the layers to show
     output: str | None = None  # which output to evaluate, for models with several
     unsafe: bool = False
     quiet: bool = False
@@ -76,7 +75,7 @@ def parse_unit(text: str) -> tuple[str, int, int, int]:
 
 
 def _probes(specs: list[str], traced):
-    from reportgen.scan import Probe
+    from reportgen.engines.mining import Probe
 
     layers = {n.name: n for n in traced.map_layers}
     probes = []
@@ -142,16 +141,16 @@ def _keep(opts: BuildOptions) -> dict[str, Path]:
 def build(opts: BuildOptions) -> BuildResult:
     out = Path(opts.out)
     check_target(out, opts.force, _keep(opts))  # fail before the long pass, not after it
-    files = assemble_site(gather(opts))
-    broken = broken_links(files)
-    if broken:  # a bug of ours, not the user's: stop before anything is written
-        raise RuntimeError("the site has broken links:\n" + "\n".join(broken[:20]))
-    write_site(out, files, force=opts.force, keep=_keep(opts))
-    size = sum(len(b) for b in files.values())
-    return BuildResult(out=out, files=len(files), bytes=size, report=json.loads(files["report.json"]))
+    data = gather(opts)
+    from reportgen.site.pages import render_site
+
+    with SiteFolder(out, opts.force, _keep(opts)) as site:
+        summary = render_site(data, site)
+        site.commit()
+    return BuildResult(out=out, files=summary.files, bytes=summary.bytes, report=summary.report)
 
 
-def gather(opts: BuildOptions) -> SiteInput:
+def gather(opts: BuildOptions) -> ReportData:
     """Every stage before the site: all the data the pages show, computed before anything is written."""
     started = time.time()
 
@@ -162,7 +161,7 @@ def gather(opts: BuildOptions) -> SiteInput:
     try:  # TensorFlow loads here, after the cheap checks
         from reportgen.model import load_model, trace_model
         from reportgen.model.preprocess import choose_preprocessing, resizer
-        from reportgen.scan import gallery_data, run_images, scan_dataset
+        from reportgen.engines.local import run_images, scan_dataset
     except ImportError as exc:
         raise UserError(
             f"TensorFlow with Keras 3 is needed ({exc}): pip install 'reportgen[cpu]' (CPU) or 'reportgen[tf]' (full TensorFlow)"
@@ -172,7 +171,8 @@ def gather(opts: BuildOptions) -> SiteInput:
     for repair in loaded.repairs:
         log.info("repaired (in a temporary copy): %s [%s]", repair.what, ", ".join(repair.layers[:5]) + (", ..." if len(repair.layers) > 5 else ""))
     traced = trace_model(
-        loaded.model, opts.model, loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation
+        loaded.model, opts.model, loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation,
+        layers=opts.layers,
     )
     traced.info.file_format, traced.info.repairs = loaded.file_format, loaded.repairs
     preprocessing, warnings = choose_preprocessing(
@@ -196,7 +196,7 @@ def gather(opts: BuildOptions) -> SiteInput:
     scan = scan_dataset(
         traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=preprocessing, probes=probes, quiet=opts.quiet
     )
-    for skipped in dataset.skipped:
+    for skipped in scan.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if scan.metrics.note:
         log.warning("evaluation: %s", scan.metrics.note)
@@ -215,9 +215,6 @@ def gather(opts: BuildOptions) -> SiteInput:
         )
         for i, (shown, label, _) in enumerate(picked)
     ]
-    gallery = gallery_data(
-        traced, dataset, scan, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=preprocessing, quiet=opts.quiet
-    )
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
 
@@ -233,17 +230,16 @@ def gather(opts: BuildOptions) -> SiteInput:
         "max_channels": opts.max_channels,
         "images": [shown for shown, _, _ in picked] if opts.images else "one drawn at random (seed)",
         "units": list(opts.units),
+        "layers": list(opts.layers),
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
     traced.info.path = opts.model_label or str(opts.model)
-    return SiteInput(
+    return ReportData(
         info=traced.info,
         dataset=dataset,
         scan=scan,
         chosen=chosen,
         fields=fields,
-        thumbnails=gallery.thumbnails,
-        heat=gallery.heat,
         top_k=opts.top_k,
         max_channels=opts.max_channels,
         options=options,

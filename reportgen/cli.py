@@ -83,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
     b.add_argument("--max-channels", type=_positive_int, default=None, metavar="N", help="draw only the first N channels of each layer's feature maps")
     b.add_argument("--top-k", type=_positive_int, default=16, metavar="K", help="top images kept per unit (default 16)")
-    b.add_argument("--unit", action="append", default=[], metavar="LAYER:ROW:COL:CHANNEL", help="also rank images by one position of one channel, as the notebook did (repeatable)")
+    b.add_argument("--layers", action="append", default=[], metavar="PATTERN",
+                   help="only the layers whose name matches this glob get feature maps and units (repeatable; a leading ! excludes, e.g. '!*_bn'); default all")
+    b.add_argument("--unit", action="append", default=[], metavar="LAYER:ROW:COL:CHANNEL", help="also rank images by one position of one channel (repeatable)")
     b.add_argument("--preprocess", choices=MODES, default="auto", metavar="MODE",
                    help="how pixels (0..255) become the model's input: rescale (x * --rescale), none (raw), tf ([-1, 1]), "
                    "torch, caffe (keras.applications' preprocess_input modes); default auto: raw pixels when the model "
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     model=args.model, data=args.data, out=args.out, images=args.image, seed=args.seed,
                     batch_size=args.batch_size, max_channels=args.max_channels, force=args.force, top_k=args.top_k,
                     units=args.unit, preprocess=args.preprocess, rescale=args.rescale, interpolation=args.interpolation,
-                    input_size=args.input_size, output=args.output, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
+                    input_size=args.input_size, output=args.output, layers=args.layers, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
                 )
             )
         else:

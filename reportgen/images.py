@@ -1,9 +1,11 @@
 """Pure image functions: arrays in, arrays (or encoded bytes) out. No files, no TensorFlow, no pyplot.
 
-    normalize_map(map)            the notebook's per-channel normalisation, safe on dead channels
+    normalize_map(map)            the per-channel display normalisation, safe on dead channels
     feature_grid(maps)            all channels of a layer tiled in rows, with its layout
-    heat_sprite(maps)             a unit's top-K heatmaps stacked into one grey strip
-    unit_overlay(rf, ...)         grid lines, argmax cell and receptive-field box for one image
+    heat_levels(maps)             heatmaps as grey levels for a multiply blend over the image
+    make_thumbnail(pixels)        an image as decoded, small, encoded once
+    thumbnail_sheet(thumbs)       many thumbnails in one picture (one file for many galleries)
+    unit_overlay(rf, ...)         argmax cell and receptive-field box for one image
     encode_png / encode_jpeg      deterministic bytes (no metadata, no timestamps)
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from reportgen.report import ReceptiveField
+from reportgen.report import ReceptiveField, Thumbnail
 
 
 def _lut(name: str) -> np.ndarray:
@@ -118,15 +120,20 @@ def _cross(tile: np.ndarray) -> None:
         tile[y, max(0, w - 1 - x - t + 1) : w - x + t - 1] = DEAD_MARK
 
 
-def heat_sprite(maps: np.ndarray, floor: int = 80) -> np.ndarray:
-    """A unit's heatmaps ([k, h, w] uint8, 255 = the unit's top value) stacked vertically: [k*h, w].
+def heat_levels(maps: np.ndarray, floor: int = 80) -> np.ndarray:
+    """Heatmaps (uint8, 255 = the unit's top value) as grey levels, same shape.
 
-    Grey levels for a multiply blend over the image, as Network Dissection shows a unit's
-    region: bright where the unit fires, dark (but not black: `floor`) elsewhere.
+    For a multiply blend over the image, as Network Dissection shows a unit's region: bright where
+    the unit fires, dark (but not black: `floor`) elsewhere.
     """
     maps = np.asarray(maps, dtype=np.uint16)
-    levels = floor + maps * (255 - floor) // 255
-    return levels.reshape(-1, maps.shape[-1]).astype(np.uint8)
+    return (floor + maps * (255 - floor) // 255).astype(np.uint8)
+
+
+def heat_atlas(tiles: np.ndarray, floor: int = 80) -> np.ndarray:
+    """Units' heatmaps [n, k, h, w] as one grey picture [n*h, k*w]: a row per unit, a column per rank."""
+    n, k, h, w = tiles.shape
+    return heat_levels(tiles, floor).transpose(0, 2, 1, 3).reshape(n * h, k * w)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
@@ -154,11 +161,57 @@ def encode_jpeg(image: np.ndarray, quality: int = 88) -> bytes:
     return buf.getvalue()
 
 
+THUMB_SIDE = 160  # thumbnails of larger inputs are scaled down to this (overlays are in input pixels)
+EXACT_PIXELS = 64 * 64  # up to this size, thumbnails are exact PNGs at the input size
+
+
 def encode_thumbnail(pixels: np.ndarray) -> tuple[bytes, str]:
-    """The model's view of a dataset image: exact PNG when small, JPEG when large. Returns (bytes, extension)."""
-    if pixels.shape[0] * pixels.shape[1] <= 64 * 64:
+    """An image as decoded at the model's input size: exact PNG when small, JPEG when large. Returns (bytes, extension)."""
+    pixels = to_uint8(pixels)
+    if pixels.shape[0] * pixels.shape[1] <= EXACT_PIXELS:
         return encode_png(pixels), "png"
     return encode_jpeg(pixels), "jpg"
+
+
+def thumbnail_size(height: int, width: int, side: int = THUMB_SIDE) -> tuple[int, int]:
+    """(height, width) of the thumbnails of a model input size."""
+    if height * width <= EXACT_PIXELS or max(height, width) <= side:
+        return height, width
+    scale = side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def make_thumbnail(pixels: np.ndarray) -> Thumbnail:
+    """The image as decoded (0..255, never the preprocessed tensor): an exact PNG when the input is
+    small, otherwise a JPEG at most THUMB_SIDE a side."""
+    pixels = to_uint8(pixels)
+    h, w = pixels.shape[:2]
+    if h * w <= EXACT_PIXELS:
+        return Thumbnail(encode_png(pixels), "png", w, h)
+    th, tw = thumbnail_size(h, w)
+    if (th, tw) != (h, w):
+        small = Image.fromarray(as_rgb(pixels)).resize((tw, th), Image.Resampling.BILINEAR)
+        pixels = np.asarray(small).reshape(th, tw, -1)
+    return Thumbnail(encode_jpeg(pixels), "jpg", tw, th)
+
+
+def decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def thumbnail_sheet(thumbs: list, columns: int) -> np.ndarray:
+    """Thumbnails (all the same size) in rows of `columns`, as one picture."""
+    first = decode(thumbs[0].data)
+    h, w, c = first.shape
+    rows = -(-len(thumbs) // columns)
+    sheet = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    for i, thumb in enumerate(thumbs):
+        r, col = divmod(i, columns)
+        tile = first if i == 0 else decode(thumb.data)
+        sheet[r * h : (r + 1) * h, col * w : (col + 1) * w] = tile.reshape(h, w, -1)[:, :, :c]
+    return sheet
 
 
 def content_name(data: bytes, ext: str, stem: str = "") -> str:
@@ -169,29 +222,18 @@ def content_name(data: bytes, ext: str, stem: str = "") -> str:
 
 @dataclass(frozen=True)
 class Overlay:
-    """What is drawn over one gallery image, in input pixel coordinates."""
+    """What is drawn over one gallery image, in input pixel coordinates (the grid itself is CSS)."""
 
-    grid_x: tuple[float, ...]  # vertical grid lines (inner ones)
-    grid_y: tuple[float, ...]
     cell: tuple[float, float, float, float]  # x0, y0, x1, y1 of the argmax position's grid cell
     box: tuple[float, float, float, float]  # the image pixels its receptive field really reads
     box_clipped: bool  # the full field reaches past them (into padding, or pixels the stack drops)
 
 
-def grid_lines(input_hw: tuple[int, int], layer_hw: tuple[int, int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Inner grid lines every input_size / layer_size pixels, as the notebook drew them."""
-    ch, cw = input_hw[0] / layer_hw[0], input_hw[1] / layer_hw[1]
-    return tuple(i * cw for i in range(1, layer_hw[1])), tuple(i * ch for i in range(1, layer_hw[0]))
-
-
 def unit_overlay(rf: ReceptiveField, input_hw: tuple[int, int], layer_hw: tuple[int, int], row: int, col: int) -> Overlay:
     ch, cw = input_hw[0] / layer_hw[0], input_hw[1] / layer_hw[1]
-    gx, gy = grid_lines(input_hw, layer_hw)
     full = rf.box(row, col)
     visible = rf.visible_box(row, col, input_hw) or (0.0, 0.0, 0.0, 0.0)
     return Overlay(
-        grid_x=gx,
-        grid_y=gy,
         cell=(col * cw, row * ch, (col + 1) * cw, (row + 1) * ch),
         box=visible,
         box_clipped=tuple(visible) != tuple(full),

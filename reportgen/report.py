@@ -1,7 +1,7 @@
-"""The plain data that the stages hand on, and report.json.
+"""The plain data that the stages hand on (dataclasses and numpy arrays), and its JSON form.
 
-model.py and scan.py fill these from TensorFlow; images.py, pages.py and writer.py read them and
-never see a tensor.
+model/ and engines/ fill these from TensorFlow; images.py, site/ and writer.py read them and never
+see a tensor. No stage changes what an earlier stage returned.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ class Geometry:
 
     op: "input", "window" (conv/pooling: kernel, stride, dilation, padding), "pad" / "crop"
     (before: top/left amount), "pointwise" (same positions in, same out: activations, batch-norm,
-    merges), "model" (a nested model: its output layer stands for it) or "unknown".
+    merges), "global" (global pooling: every position reads the whole image), "reshape",
+    "model" (a nested model: its output layer stands for it) or "unknown".
     """
 
     op: str
@@ -128,6 +129,8 @@ class TopEntry:
 
 @dataclass
 class UnitResult:
+    """One unit as objects (a view of LayerUnits, for code that looks at a few units)."""
+
     layer: str
     channel: int
     top: list[TopEntry]
@@ -141,6 +144,62 @@ class UnitResult:
     def dead(self) -> bool:
         """Never active: its map is at or below zero everywhere, on every image of the dataset."""
         return not self.top or self.top[0].value <= 0
+
+
+@dataclass
+class LayerUnits:
+    """Every unit (channel) of one map layer after the pass, as arrays: its top K, heatmaps, histogram.
+
+    Row c is channel c; column j its j-th best image (empty slots: image -1, value -inf). Iterating
+    gives UnitResult views.
+    """
+
+    layer: str
+    values: np.ndarray  # float32 [channels, k]: the unit's score (max of its map) on each top image, best first
+    images: np.ndarray  # int64 [channels, k]: dataset index of each top image (-1: empty)
+    rows: np.ndarray  # int32 [channels, k]: position of the maximum
+    cols: np.ndarray  # int32 [channels, k]
+    heat: np.ndarray  # uint8 [channels, k, h, w]: the unit's map on that image, 255 = the unit's top score
+    hist_counts: np.ndarray  # int64 [channels, bins] over (0, hist_hi]
+    hist_hi: np.ndarray  # float64 [channels]
+    hist_nonpositive: np.ndarray  # int64 [channels]: images whose score is at or below 0
+
+    @property
+    def channels(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def max_values(self) -> np.ndarray:
+        return self.values[:, 0]
+
+    @property
+    def dead(self) -> np.ndarray:
+        """bool [channels]: never above zero on any image."""
+        return ~(self.values[:, 0] > 0)
+
+    def counts(self) -> np.ndarray:
+        """int [channels]: filled top-K slots."""
+        return (self.images >= 0).sum(axis=1)
+
+    def histogram(self, channel: int) -> Histogram:
+        return Histogram(int(self.hist_nonpositive[channel]), float(self.hist_hi[channel]), [int(c) for c in self.hist_counts[channel]])
+
+    def unit(self, channel: int) -> UnitResult:
+        top = [
+            TopEntry(int(i), float(v), int(r), int(c))
+            for v, i, r, c in zip(self.values[channel], self.images[channel], self.rows[channel], self.cols[channel])
+            if i >= 0
+        ]
+        return UnitResult(self.layer, channel, top, self.histogram(channel))
+
+    def __len__(self) -> int:
+        return self.channels
+
+    def __getitem__(self, channel: int) -> UnitResult:
+        return self.unit(channel)
+
+    def __iter__(self):
+        return (self.unit(c) for c in range(self.channels))
 
 
 @dataclass
@@ -165,14 +224,27 @@ class Metrics:
     mode: str  # "binary", "categorical" or "none"
 
 
+@dataclass(frozen=True)
+class Thumbnail:
+    """An image as decoded, small and encoded once, for every gallery that shows it."""
+
+    data: bytes
+    ext: str  # "png" (small inputs, exact) or "jpg"
+    width: int
+    height: int
+
+
 @dataclass
 class ScanResult:
     """What the one pass over the dataset found."""
 
-    units: dict[str, list[UnitResult]]  # layer name -> per channel
+    units: dict[str, LayerUnits]  # layer name -> its units
     probes: list[ProbeResult]
     metrics: Metrics
     num_images: int  # images read successfully
+    skipped: list = field(default_factory=list)  # dataset.Skipped: files that could not be read
+    thumbnails: dict[int, Thumbnail] = field(default_factory=dict)  # every image in some top K
+    heat_side: int = 0  # the largest heatmap side
 
 
 @dataclass
@@ -189,7 +261,7 @@ class ChosenImage:
 
 
 def _clean(value):
-    """Floats rounded for stable, readable JSON; numpy scalars and tuples made plain."""
+    """numpy scalars and tuples made plain; floats exact (shortest repr), non-finite ones null."""
     if isinstance(value, dict):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -198,7 +270,7 @@ def _clean(value):
         f = float(value)
         if f != f or f in (float("inf"), float("-inf")):
             return None
-        return float(f"{f:.7g}")
+        return f
     if isinstance(value, np.integer):
         return int(value)
     return value
@@ -209,3 +281,21 @@ def to_json(data: dict) -> bytes:
     data = _clean(data)
     lines = [f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}" for k, v in data.items()]
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+
+
+@dataclass
+class ReportData:
+    """Everything the site shows, gathered before anything is written. Plain data: no tensors."""
+
+    info: ModelInfo
+    dataset: object  # dataset.Dataset
+    scan: ScanResult
+    chosen: list[ChosenImage]
+    fields: dict[str, ReceptiveField]
+    top_k: int
+    max_channels: int | None = None
+    options: dict = field(default_factory=dict)  # shown on the index and in report.json
+    footer_note: str = ""  # e.g. a build time, only when asked for
+    data_label: str = ""  # how the dataset root is shown
+    preprocessing: object = None  # model.preprocess.Preprocessing: what was fed to the model
+    warnings: list[str] = field(default_factory=list)  # shown on the index: never a silent guess

@@ -60,27 +60,74 @@ def _remove_stale(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+class SiteFolder:
+    """The site being written: files go into a temporary folder beside `out` as they are made, and
+    the finished folder is swapped in for `out` by `commit()`. Leaving the `with` block without
+    committing (an error, Ctrl-C) removes the temporary folder; `out` stays as it was.
+
+        with SiteFolder(out, force, keep) as site:
+            site.write("index.html", data)
+            ...
+            site.commit()
+    """
+
+    def __init__(self, out: Path, force: bool = False, keep: dict[str, Path] | None = None) -> None:
+        self.out = Path(out)
+        self.force = force
+        self.keep = keep or {}
+        self.tmp: Path | None = None
+        self.files = 0
+        self.bytes = 0
+        self._written: set[str] = set()
+
+    def __enter__(self) -> "SiteFolder":
+        check_target(self.out, self.force, self.keep)
+        parent = self.out.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(self.out.absolute())
+        self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(self.out), dir=parent))
+        (self.tmp / _INCOMPLETE).write_bytes(b"")
+        os.chmod(self.tmp, 0o755)
+        return self
+
+    def write(self, rel: str, data: bytes) -> str:
+        """Write one file (site-relative path, '/' separators); a content-named file written twice is kept once."""
+        if rel in self._written:
+            return rel
+        target = self.tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        self._written.add(rel)
+        self.files += 1
+        self.bytes += len(data)
+        return rel
+
+    def has(self, rel: str) -> bool:
+        return rel in self._written
+
+    @property
+    def written(self) -> set[str]:
+        return set(self._written)
+
+    def commit(self) -> None:
+        check_target(self.out, self.force, self.keep)
+        (self.tmp / MARKER).write_bytes(MARKER_TEXT)
+        (self.tmp / _INCOMPLETE).unlink()
+        _swap_in(self.tmp, self.out.absolute())
+        self.tmp = None
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
 def write_site(out: Path, files: dict[str, bytes], force: bool = False, keep: dict[str, Path] | None = None) -> None:
-    """Write every file of the site, then swap the finished folder in for `out`."""
-    out = Path(out)
-    check_target(out, force, keep or {})
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out.absolute())
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out), dir=parent))
-    try:
-        (tmp / _INCOMPLETE).write_bytes(b"")
-        os.chmod(tmp, 0o755)
+    """Write a whole site given as {relative path: bytes}, then swap it in for `out`."""
+    with SiteFolder(out, force, keep) as site:
         for rel, data in sorted(files.items()):
-            target = tmp / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        (tmp / MARKER).write_bytes(MARKER_TEXT)
-        (tmp / _INCOMPLETE).unlink()
-        _swap_in(tmp, out.absolute())
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            site.write(rel, data)
+        site.commit()
 
 
 def _swap_in(tmp: Path, out: Path) -> None:

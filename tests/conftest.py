@@ -68,24 +68,40 @@ def build_site(model: Path, data: Path, out: Path, *extra: str) -> int:
     return main(["build", "--model", str(model), "--data", str(data), "--out", str(out), "-q", *extra])
 
 
-def rename_layers(si, rename: dict[str, str]) -> None:
-    """Give layers other names everywhere in a gathered SiteInput (plain data), e.g. hostile ones
-    that TensorFlow itself would refuse to run, to test the render stage with them."""
-    for node in si.info.nodes:
+def rename_layers(data, rename: dict[str, str]) -> None:
+    """Give layers other names everywhere in gathered data (report.ReportData, plain data), e.g.
+    hostile ones that TensorFlow itself would refuse to run, to test the render stage with them."""
+    for node in data.info.nodes:
         node.name = rename.get(node.name, node.name)
         node.inputs = [rename.get(i, i) for i in node.inputs]
         node.parent = rename.get(node.parent, node.parent) if node.parent else node.parent
         node.alias_of = rename.get(node.alias_of, node.alias_of)
-    si.scan.units = {rename.get(k, k): v for k, v in si.scan.units.items()}
-    for units in si.scan.units.values():
-        for unit in units:
-            unit.layer = rename.get(unit.layer, unit.layer)
-    for probe in si.scan.probes:
+    data.scan.units = {rename.get(k, k): v for k, v in data.scan.units.items()}
+    for units in data.scan.units.values():
+        units.layer = rename.get(units.layer, units.layer)
+    for probe in data.scan.probes:
         probe.layer = rename.get(probe.layer, probe.layer)
-    si.fields = {rename.get(k, k): v for k, v in si.fields.items()}
-    si.heat = {rename.get(k, k): v for k, v in si.heat.items()}
-    for image in si.chosen:
+    data.fields = {rename.get(k, k): v for k, v in data.fields.items()}
+    for image in data.chosen:
         image.maps = {rename.get(k, k): v for k, v in image.maps.items()}
+
+
+def site_units(out: Path) -> list[dict]:
+    """Every unit of a written site, from report.json and the per-layer data files it points to:
+    {"layer", "channel", "dead", "max", "top": [{"image": path, "value", "row", "col"}], "histogram", "heat"}."""
+    import json
+
+    from linkcheck import read_js_json
+
+    report = json.loads((out / "report.json").read_text())
+    images = read_js_json((out / report["files"]["images"]).read_text())["images"]
+    units = []
+    for layer in report["layers"]:
+        data = read_js_json((out / layer["units_file"]).read_text())
+        for u in data["units"]:
+            top = [{"image": images[str(i)][3], "index": i, "value": v, "row": r, "col": c} for i, v, r, c in u["top"]]
+            units.append({"layer": layer["name"], **u, "top": top})
+    return units
 
 
 HOSTILE_LAYER_NAMES = {"c1": "<img src=x onerror=alert(1)>", "c2": 'a:b c#d%e?f"&<'}

@@ -18,8 +18,8 @@ from reportgen.images import (
     encode_png,
     encode_thumbnail,
     feature_grid,
-    grid_lines,
-    heat_sprite,
+    heat_atlas,
+    heat_levels,
     normalize_map,
     tile_scale,
     unit_overlay,
@@ -189,18 +189,6 @@ def test_feature_grid_small_and_large_maps():
 # --------------------------------------------------------------------------- grid lines and overlays
 
 
-def test_grid_lines():
-    # input 16 high, 20 wide; layer 4 x 5 -> a cell is 4 x 4: x lines at 4, 8, 12, 16; y lines at 4, 8, 12
-    gx, gy = grid_lines((16, 20), (4, 5))
-    assert gx == (4.0, 8.0, 12.0, 16.0)
-    assert gy == (4.0, 8.0, 12.0)
-    # fractional cells: 10 / 3 rows, 7 / 2 columns
-    gx, gy = grid_lines((10, 7), (3, 2))
-    assert gx == pytest.approx((3.5,))
-    assert gy == pytest.approx((10 / 3, 20 / 3))
-    assert grid_lines((8, 8), (1, 1)) == ((), ())
-
-
 def test_unit_overlay_known_case():
     # input 16 x 20, layer 4 x 5 (cells 4 x 4); field 7 high, 9 wide, stride 4, offset (1.5, 2.5)
     rf = ReceptiveField(size=(7.0, 9.0), stride=(4.0, 4.0), offset=(1.5, 2.5), exact=True)
@@ -210,7 +198,6 @@ def test_unit_overlay_known_case():
     assert ov.cell == (0.0, 0.0, 4.0, 4.0)
     assert ov.box == (0.0, 0.0, 7.0, 5.0)
     assert ov.box_clipped is True
-    assert ov.grid_x == (4.0, 8.0, 12.0, 16.0) and ov.grid_y == (4.0, 8.0, 12.0)
 
     # (2, 3): centre (9.5, 14.5) -> x [10, 19], y [6, 13]: inside the image
     ov = unit_overlay(rf, (16, 20), (4, 5), 2, 3)
@@ -238,28 +225,23 @@ def test_unit_overlay_box_touching_the_edge_is_not_clipped():
 # --------------------------------------------------------------------------- heat sprites
 
 
-def test_heat_sprite_shape_and_levels():
-    maps = np.zeros((3, 4, 5), np.uint8)
-    maps[0] = 255
-    maps[1, 2, 3] = 128
-    maps[2] = np.arange(20, dtype=np.uint8).reshape(4, 5) * 13  # 0 .. 247
-    sprite = heat_sprite(maps)  # floor 80
-    assert sprite.shape == (12, 5) and sprite.dtype == np.uint8
-    # stacked in order: map i is rows 4i .. 4i+3
-    assert (sprite[0:4] == 255).all()  # 255 -> 80 + 255*175//255 = 255
-    assert sprite[4 + 2, 3] == 80 + 128 * 175 // 255 == 167  # 22400 // 255 = 87
-    assert (np.delete(sprite[4:8].ravel(), 2 * 5 + 3) == 80).all()  # 0 -> the floor
-    expected = 80 + (np.arange(20).reshape(4, 5) * 13) * 175 // 255
-    np.testing.assert_array_equal(sprite[8:12], expected)
-    assert (np.diff(sprite[8:12].ravel().astype(int)) >= 0).all()
+def test_heat_atlas_shape_and_levels():
+    """A row per unit, a column per rank; grey levels floor + v * (255 - floor) // 255."""
+    tiles = np.zeros((2, 3, 2, 4), dtype=np.uint8)
+    tiles[1, 2] = 255
+    tiles[0, 1, 1, 3] = 100
+    atlas = heat_atlas(tiles)  # floor 80
+    assert atlas.shape == (2 * 2, 3 * 4) and atlas.dtype == np.uint8
+    assert (atlas[2:4, 8:12] == 255).all()  # unit 1, rank 2
+    assert atlas[1, 4 + 3] == 80 + 100 * 175 // 255  # unit 0, rank 1, row 1, col 3
+    assert atlas[0, 0] == 80
 
 
-def test_heat_sprite_floor():
-    maps = np.array([[[0, 51, 255]]], np.uint8)
-    assert heat_sprite(maps, floor=0).tolist() == [[0, 51, 255]]
-    assert heat_sprite(maps, floor=255).tolist() == [[255, 255, 255]]
-    # floor 100: 51 -> 100 + 51*155//255 = 100 + 31 = 131
-    assert heat_sprite(maps, floor=100).tolist() == [[100, 131, 255]]
+def test_heat_levels_floor():
+    maps = np.array([[0, 51, 255]], dtype=np.uint8)
+    assert heat_levels(maps, floor=0).tolist() == [[0, 51, 255]]
+    assert heat_levels(maps, floor=255).tolist() == [[255, 255, 255]]
+    assert heat_levels(maps, floor=100).tolist() == [[100, 131, 255]]
 
 
 # --------------------------------------------------------------------------- encoding

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import badfiles
-from conftest import build_site, load_like_keras
+from conftest import build_site, load_like_keras, site_units
 from reportgen.errors import UserError
 
 SIZE = (24, 20)  # (height, width): not square, so that a swapped axis shows
@@ -94,7 +94,7 @@ def reportgen_outputs(model_path: Path, data: Path, interpolation: str, mode: st
     from reportgen.dataset import discover, iter_batches
     from reportgen.model import load_model, trace_model
     from reportgen.model.preprocess import choose_preprocessing, resizer
-    from reportgen.scan import run_images, scan_dataset
+    from reportgen.engines.local import run_images, scan_dataset
 
     loaded = load_model(model_path)
     traced = trace_model(loaded.model, model_path, loss=loaded.loss, interpolation=interpolation, output=output)
@@ -181,7 +181,7 @@ def test_in_model_rescaling_behind_augmentation_gets_raw_pixels(tmp_path):
     assert pre["in_model"].startswith("rescale (Rescaling")
     assert "raw pixels" in (out / "index.html").read_text()
     # The maps are not of a black image: the first conv layer sees real contrast.
-    assert report["units"][0]["max"] > 0
+    assert site_units(out)[0]["max"] > 0
 
 
 def test_applications_base_gets_a_warning_naming_its_mode(tmp_path):

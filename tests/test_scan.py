@@ -31,7 +31,7 @@ def _dataset_with_duplicates(root: Path) -> None:
 def _brute_force(traced, dataset, batch_size, k):
     """Full maps for every image (same batches as the pass), then plain numpy sorting."""
     from reportgen.dataset import iter_batches
-    from reportgen.scan import run_images
+    from reportgen.engines.local import run_images
 
     per_layer = {n.name: [] for n in traced.map_layers}
     ids = []
@@ -58,7 +58,7 @@ def _brute_force(traced, dataset, batch_size, k):
 def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import scan_dataset
+    from reportgen.engines.local import scan_dataset
 
     model = tiny_sequential()
     _dead_first_channel(model)
@@ -96,7 +96,8 @@ def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size):
 def test_probe_matches_brute_force(tmp_path):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import Probe, scan_dataset
+    from reportgen.engines.local import scan_dataset
+    from reportgen.engines.mining import Probe
 
     model = tiny_sequential()
     make_dataset(tmp_path / "data", {"a": 7, "b": 6})
@@ -116,7 +117,7 @@ def test_probe_matches_brute_force(tmp_path):
 def test_metrics_match_hand_computation_and_keras_evaluate(tmp_path):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import scan_dataset
+    from reportgen.engines.local import scan_dataset
 
     model = tiny_sequential()
     make_dataset(tmp_path / "data", {"cats": 10, "dogs": 7})
@@ -146,7 +147,7 @@ def test_metrics_match_hand_computation_and_keras_evaluate(tmp_path):
 def test_softmax_argmax_and_class_mismatch(tmp_path):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import scan_dataset
+    from reportgen.engines.local import scan_dataset
 
     make_dataset(tmp_path / "three", {"a": 4, "b": 5, "c": 3})
     dataset = discover(tmp_path / "three")
@@ -169,7 +170,7 @@ def test_softmax_argmax_and_class_mismatch(tmp_path):
 def test_histograms_are_exact(tmp_path):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import scan_dataset
+    from reportgen.engines.local import scan_dataset
     from reportgen.stats import HISTOGRAM_BINS
 
     model = tiny_sequential()
@@ -211,7 +212,7 @@ def test_streaming_histogram_growth_is_exact():
 def test_flat_folder_has_no_labels(tmp_path):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import scan_dataset
+    from reportgen.engines.local import scan_dataset
     from badfiles import make_rgb_png
 
     for i in range(5):
@@ -230,7 +231,8 @@ def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
 
     from reportgen.dataset import discover
     from reportgen.model import trace_model
-    from reportgen.scan import _covering_pools, scan_dataset
+    from reportgen.engines.local import scan_dataset
+    from reportgen.engines.mining import _covering_pools
 
     keras.utils.set_random_seed(4)
     pooling = {
@@ -255,33 +257,49 @@ def test_maps_read_through_their_pool_match_brute_force(tmp_path, pool):
             np.testing.assert_array_equal([e.value for e in unit.top], np.array([w[1] for w in want], dtype=np.float32))
 
 
-def test_gallery_heatmaps_and_thumbnails_match_the_maps(tmp_path):
-    """Each heatmap row is the unit's map on that image (255 = the unit's top value); thumbnails are the model input."""
-    from PIL import Image
+@pytest.mark.parametrize("side", [32, 3])
+def test_heatmaps_and_thumbnails_from_the_one_pass_match_the_maps(tmp_path, side):
+    """Heatmaps and thumbnails are kept while the pass runs (no second read). Each heatmap is the
+    unit's map on that image averaged over blocks to at most `side` a side (blocks placed as
+    TensorFlow's 'same' padding places them, averaging only pixels inside the map), 255 = the unit's
+    top value; each thumbnail is the image as decoded."""
     import io
 
-    from reportgen.dataset import discover
+    from PIL import Image
+
+    from reportgen.dataset import discover, load_pixels
+    from reportgen.engines.local import run_images, scan_dataset
     from reportgen.model import trace_model
-    from reportgen.scan import gallery_data, run_images, scan_dataset
+
+    def block_means(m, scale):  # numpy, by the rule stated above
+        h, w = m.shape
+        out_h, out_w = -(-h // scale), -(-w // scale)
+        top, left = (out_h * scale - h) // 2, (out_w * scale - w) // 2
+        out = np.zeros((out_h, out_w))
+        for i in range(out_h):
+            for j in range(out_w):
+                r0, c0 = max(0, i * scale - top), max(0, j * scale - left)
+                out[i, j] = m[r0 : min(h, (i + 1) * scale - top), c0 : min(w, (j + 1) * scale - left)].mean()
+        return out
 
     model = tiny_sequential()
     make_dataset(tmp_path / "data", {"a": 5, "b": 4})
     dataset = discover(tmp_path / "data")
     traced = trace_model(model)
-    result = scan_dataset(traced, dataset, top_k=3, batch_size=4, quiet=True)
-    gallery = gallery_data(traced, dataset, result, top_k=3, batch_size=4, quiet=True)
+    result = scan_dataset(traced, dataset, top_k=3, batch_size=4, heat_side=side, quiet=True)  # 3 batches: merges
     wanted = {e.image for units in result.units.values() for u in units for e in u.top}
-    assert set(gallery.thumbnails) == wanted and gallery.missing == []
-    from reportgen.dataset import load_pixels
-
+    assert set(result.thumbnails) == wanted
     for image in wanted:
-        data, ext = gallery.thumbnails[image]
-        assert ext == "png"  # 16 x 16: exact
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), load_pixels(dataset.records[image].path, traced.spec))
-    for li, node in enumerate(traced.map_layers):  # maps of at most 32 pixels a side are not resized
-        for unit in result.units[node.name]:
+        thumb = result.thumbnails[image]
+        assert thumb.ext == "png"  # 16 x 16: exact
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(thumb.data))), load_pixels(dataset.records[image].path, traced.spec))
+    for li, node in enumerate(traced.map_layers):
+        units = result.units[node.name]
+        scale = max(1, -(-max(node.spatial) // side))
+        assert units.heat.shape[2:] == tuple(-(-s // scale) for s in node.spatial)
+        for unit in units:
             for rank, entry in enumerate(unit.top):
                 _, maps = run_images(traced, load_pixels(dataset.records[entry.image].path, traced.spec)[None])
-                m = maps[li][0, :, :, unit.channel]
-                expected = np.round(np.clip(m / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(m)
-                np.testing.assert_allclose(gallery.heat[node.name][unit.channel, rank], expected, atol=1)
+                small = block_means(maps[li][0, :, :, unit.channel].astype(np.float64), scale)
+                expected = np.round(np.clip(small / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(small)
+                np.testing.assert_allclose(units.heat[unit.channel, rank], expected, atol=2)

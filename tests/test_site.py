@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import badfiles
-from conftest import HOSTILE_LAYER_NAMES, build_site, load_like_keras, rename_layers, tiny_sequential
-from reportgen.site import broken_links, layer_page, unit_page
+from conftest import HOSTILE_LAYER_NAMES, build_site, load_like_keras, rename_layers, site_units, tiny_sequential
+from linkcheck import broken_links
+from reportgen.site.names import layer_page
 
 
 def read_site(root: Path) -> dict[str, bytes]:
@@ -73,13 +74,12 @@ def test_report_json_numbers(tiny_site):
         assert layer["page"] == layer_page(layer["name"])
     assert [l["name"] for l in r["layers"]] == ["c1", "p1", "c2"]
 
-    units = r["units"]
+    units = site_units(tiny_site["out"])
     assert len(units) == 4 + 4 + 5
     assert all(len(u["top"]) == 4 for u in units)
-    assert {u["page"] for u in units} == {unit_page(u["layer"], u["channel"]) for u in units}
-    assert all(set(t) == {"image", "value", "row", "col"} for u in units for t in u["top"])
     assert all(t["image"] in {rec.rel for rec in records} for u in units for t in u["top"])
-    rf = {f["layer"]: f for f in r["receptive_fields"]}
+    assert len(json.dumps(r)) < 1_000_000 and "units" not in r  # per-unit data lives in the per-layer files
+    rf = {f["name"]: f["receptive_field"] for f in r["layers"]}
     assert rf["c1"]["size"] == [3, 3] and rf["p1"]["size"] == [4, 4] and rf["c2"]["size"] == [8, 8]
     assert rf["c2"]["stride"] == [2, 2] and rf["c2"]["offset"] == [4, 4]
     assert r["probes"][0]["layer"] == "c2" and [r["probes"][0]["row"], r["probes"][0]["col"]] == [1, 2]
@@ -89,7 +89,7 @@ def test_every_page_exists_and_every_link_resolves(tiny_site):
     out, r = tiny_site["out"], tiny_site["report"]
     files = read_site(out)
     assert broken_links(files) == []
-    for page in ["index.html", *(l["page"] for l in r["layers"]), *(u["page"] for u in r["units"]), r["probes"][0]["page"]]:
+    for page in ["index.html", *(l["page"] for l in r["layers"]), *(l["units_file"] for l in r["layers"]), r["probes"][0]["page"]]:
         assert page in files
     assert ".nojekyll" in files and ".reportgen-site" in files
     index = files["index.html"].decode()
@@ -104,7 +104,9 @@ def test_untrusted_names_are_escaped(tiny_site):
     pages = {k: v.decode() for k, v in files.items() if k.endswith(".html")}
     everything = "\n".join(pages.values())
     assert "<img src=x" not in everything
-    assert html.escape('"><img src=x onerror=alert(2)>.png', quote=True) in everything or "&lt;img src=x onerror=alert(2)&gt;" in everything
+    # Image paths reach the pages as JSON strings in a script file, and are set as text (test_browser.py runs them).
+    images = files["data/images.js"].decode()
+    assert json.dumps('dogs/"><img src=x onerror=alert(2)>.png') in images
     for path in files:
         assert re.fullmatch(r"[A-Za-z0-9_./-]+", path), path  # no user string ever becomes a file name
 
@@ -112,12 +114,16 @@ def test_untrusted_names_are_escaped(tiny_site):
 def test_layer_names_that_are_html_and_url_hostile(tmp_path, tiny_data):
     """The render stage works on plain data: give the layers hostile names there and render."""
     from reportgen.build import BuildOptions, gather
-    from reportgen.site import assemble_site
+    from reportgen.site.pages import render_site
+    from reportgen.writer import SiteFolder
 
     tiny_sequential().save(tmp_path / "m.keras")
-    si = gather(BuildOptions(model=tmp_path / "m.keras", data=tiny_data, out=tmp_path / "unused", quiet=True, units=["c2:1:1:0"]))
-    rename_layers(si, HOSTILE_LAYER_NAMES)
-    files = assemble_site(si)
+    data = gather(BuildOptions(model=tmp_path / "m.keras", data=tiny_data, out=tmp_path / "unused", quiet=True, units=["c2:1:1:0"]))
+    rename_layers(data, HOSTILE_LAYER_NAMES)
+    with SiteFolder(tmp_path / "site") as site:
+        render_site(data, site)
+        site.commit()
+    files = read_site(tmp_path / "site")
     assert broken_links(files) == []
     text = "\n".join(v.decode() for k, v in files.items() if k.endswith(".html"))
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
@@ -179,7 +185,7 @@ def test_max_channels_grayscale_and_nested(tmp_path):
     layer = (tmp_path / "out" / layer_page("base/inner_conv")).read_text()
     assert "first 2 of 6 channels" in layer
     assert layer.count('class="tile') == 2
-    assert len([u for u in r["units"] if u["layer"] == "base/inner_conv"]) == 6  # every unit still mined
+    assert len([u for u in site_units(tmp_path / "out") if u["layer"] == "base/inner_conv"]) == 6  # every unit still mined
 
 
 def test_chosen_images_from_option(tmp_path, tiny_model_path, tiny_data):
@@ -201,10 +207,11 @@ def test_dead_channel_is_marked_not_nan(tmp_path):
     badfiles.make_dataset(tmp_path / "data", {"a": 3, "b": 2})
     assert build_site(tmp_path / "m.keras", tmp_path / "data", tmp_path / "out") == 0
     r = json.loads((tmp_path / "out" / "report.json").read_text())
-    dead = [(u["layer"], u["channel"]) for u in r["units"] if u["dead"]]
+    dead = [(u["layer"], u["channel"]) for u in site_units(tmp_path / "out") if u["dead"]]
     assert ("c1", 1) in dead and ("p1", 1) in dead
     layer = (tmp_path / "out" / layer_page("c1")).read_text()
-    assert "crossed out: 1" in layer and "NaN" not in layer
-    assert "this unit is dead" in (tmp_path / "out" / unit_page("c1", 1)).read_text()
+    assert "1 constant channel crossed out" in layer and "NaN" not in layer
+    assert re.search(r'id="unit-1"><a href="#unit-1">.*?dead-tag', layer)
     index = (tmp_path / "out" / "index.html").read_text()
     assert re.search(r"c1</a>.*?1 / 4", index, re.S)
+    assert r["layers"][0]["dead_units"] == 1

@@ -289,6 +289,23 @@ def _check_channels_last(model: keras.Model, path: Path | str) -> None:
     visit(model)
 
 
+def select_layers(names: list[str], patterns: list[str]) -> set[str]:
+    """The names that match any include pattern (all, when there are only "!" excludes) and no exclude."""
+    import fnmatch
+
+    includes = [p for p in patterns if not p.startswith("!")]
+    excludes = [p[1:] for p in patterns if p.startswith("!")]
+    for pattern in includes + excludes:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise UserError(f"--layers {pattern!r}: no layer with feature maps matches it (there are: {shown})")
+    chosen = {n for n in names if not includes or any(fnmatch.fnmatchcase(n, p) for p in includes)}
+    chosen -= {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in excludes)}
+    if not chosen:
+        raise UserError(f"--layers {' '.join(patterns)}: no layer is left to show")
+    return chosen
+
+
 def _output_names(tracer: "_Tracer", outputs: list) -> list[str]:
     return [tracer.producer.get(id(t), "") or f"output_{i}" for i, t in enumerate(outputs)]
 
@@ -318,11 +335,13 @@ def trace_model(
     input_size: tuple[int, int] | None = None,
     output: str | None = None,
     interpolation: str = "nearest",
+    layers: list[str] | None = None,
 ) -> TracedModel:
     """Trace the model's layers and build the tap model. Raises UserError for models it cannot show.
 
     `loss`: the loss read from the model file (load.py); by default the model's compiled loss.
     `output`: which output to evaluate when the model has several (layer name).
+    `layers`: glob patterns of the layers that get feature maps and units (a leading "!" excludes).
     """
     _check_channels_last(model, path)
     spec = _input_spec(model, path, input_size, interpolation)
@@ -346,6 +365,11 @@ def trace_model(
     map_layers = [n for n in tracer.nodes if n.is_map]
     if not map_layers:
         raise UserError(f"{path}: the model has no layer with a 4-D (height, width, channels) output to show")
+    if layers:
+        chosen_names = select_layers([n.name for n in map_layers], layers)
+        for node in map_layers:
+            node.is_map = node.name in chosen_names
+        map_layers = [n for n in map_layers if n.is_map]
     final = outputs[chosen]
     tap = keras.Model(inputs=x, outputs=[final] + [tracer.tensors[n.name] for n in map_layers], name="reportgen_tap")
 

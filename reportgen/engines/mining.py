@@ -1,0 +1,428 @@
+"""The per-batch graph of the pass: forward, per-unit maxima and positions, running top K, heatmaps.
+
+One `tf.function` per batch runs the tap model and reduces every map layer to a per-image,
+per-channel maximum and its position, then merges those with the running top K of every unit
+(and of every --unit probe). The few maps that enter some top K in this batch are downsampled
+into that unit's heatmap slot, so the galleries need no second read of the dataset. Only small
+reductions leave the graph (predictions, [batch, units] maxima, per-image losses, which images
+entered some top K); activation maps never do, so memory is O(units x K), flat in the dataset's size.
+
+Positions: the first position of the maximum in row-major order. For a layer whose every position
+a non-overlapping max-pool reads (conv -> MaxPooling2D, as in most classifiers), the maximum and its
+window come from the pool's (already smaller) output, and the position is the first one inside that
+window: the two rules differ only when the maximum value occurs at several positions.
+
+Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
+(block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
+top score at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.model import TracedModel
+from reportgen.model.load import LossSpec
+from reportgen.model.preprocess import Preprocessing, make_preprocessing
+from reportgen.model.tf import keras, tf
+
+log = logging.getLogger("reportgen")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """--unit LAYER:ROW:COL:CHANNEL"""
+
+    layer: str
+    row: int
+    col: int
+    channel: int
+
+
+def _merge_top_k(vals, ids, pos, new_vals, new_ids, new_pos, k: int):
+    """Merge a batch into running top-K lists. vals/ids/pos: [units, k]; new_*: [units, batch].
+    Returns the new (vals, ids, pos) and, per entry, where it came from (< k: the old list, else k + batch row).
+
+    `top_k` puts the lower index first among equal values, and the running list (earlier images)
+    comes before the batch (in dataset order), so ties go to the earlier image.
+    """
+    # Only the rows where some image of the batch beats the current K-th value can change (a tie
+    # keeps the earlier image): after the first batches that is a small part of them.
+    rows = tf.where(tf.reduce_max(new_vals, axis=1) > vals[:, k - 1])[:, 0]
+    all_vals = tf.concat([tf.gather(vals, rows), tf.gather(new_vals, rows)], axis=1)
+    all_ids = tf.concat([tf.gather(ids, rows), tf.broadcast_to(new_ids[None, :], [tf.shape(rows)[0], tf.shape(new_ids)[0]])], axis=1)
+    all_pos = tf.concat([tf.gather(pos, rows), tf.gather(new_pos, rows)], axis=1)
+    top = tf.math.top_k(all_vals, k=k, sorted=True)
+    at = rows[:, None]
+    table = (
+        tf.tensor_scatter_nd_update(vals, at, top.values),
+        tf.tensor_scatter_nd_update(ids, at, tf.gather(all_ids, top.indices, batch_dims=1)),
+        tf.tensor_scatter_nd_update(pos, at, tf.gather(all_pos, top.indices, batch_dims=1)),
+    )
+    unchanged = tf.broadcast_to(tf.range(k, dtype=tf.int32)[None, :], tf.shape(vals))
+    return table, tf.tensor_scatter_nd_update(unchanged, at, top.indices)
+
+
+def _index_kind(a):
+    """int32 flat indices, or int64 where a batch of maps passes 2**31 elements."""
+    return tf.int64 if int(np.prod(a.shape)) >= 2**31 else tf.int32
+
+
+def _gather_positions(a, positions):
+    """a: [b, h, w, c] with a static shape; positions: [b, c, k] spatial positions (row * w + col)
+    -> [b, c, k]: the values of map c of image b at those positions. One gather on the flat map."""
+    b, h, w, c = a.shape
+    kind = _index_kind(a)
+    base = np.arange(b)[:, None, None] * (h * w * c) + np.arange(c)[None, :, None]  # static [b, c, 1]
+    return tf.gather(tf.reshape(a, [-1]), tf.cast(positions, kind) * c + tf.constant(base, kind))
+
+
+def _spatial_max(a):
+    """Per image and channel of a [batch, h, w, c] map (static shape): the maximum, and its first
+    position in row-major order (row * w + col).
+
+    On large maps an argmax over h*w is slow (it reads the map again, element by element). Instead:
+    one max over each row (the only full read), the first row holding the maximum from that small
+    [batch, h, c] tensor, then the first column holding it within that one row, gathered. Few
+    ops: in this graph the number of small ops costs more than their arithmetic.
+    """
+    b, h, w, c = a.shape
+    if h * w <= 64:
+        flat = tf.reshape(a, [b, h * w, c])
+        return tf.reduce_max(flat, axis=1), tf.argmax(flat, axis=1, output_type=tf.int32)
+    row_max = tf.reduce_max(a, axis=2)  # [b, h, c]
+    row = tf.argmax(row_max, axis=1, output_type=tf.int32)  # [b, c]: first row with the maximum
+    start = row * w
+    in_row = _gather_positions(a, start[:, :, None] + tf.constant(np.arange(w, dtype=np.int32)))  # [b, c, w]
+    return tf.reduce_max(row_max, axis=1), start + tf.argmax(in_row, axis=2, output_type=tf.int32)
+
+
+class _PoolWindows:
+    """Static tables for reading a map through the non-overlapping max-pool that covers it: for
+    each pool position, the map positions of its window (row-major) and which of them exist."""
+
+    def __init__(self, map_hw: tuple[int, int], pool) -> None:
+        (h, w), (ph, pw) = map_hw, pool.geometry.kernel
+        pool_h, pool_w = pool.spatial
+        pad_top = pad_left = 0
+        if pool.geometry.padding == "same":  # TensorFlow puts the odd padding pixel after
+            pad_top = max(pool_h * ph - h, 0) // 2
+            pad_left = max(pool_w * pw - w, 0) // 2
+        pr, pc = np.divmod(np.arange(pool_h * pool_w), pool_w)
+        dy, dx = np.divmod(np.arange(ph * pw), pw)
+        rows = pr[:, None] * ph - pad_top + dy[None, :]
+        cols = pc[:, None] * pw - pad_left + dx[None, :]
+        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        self.positions = tf.constant(np.where(inside, np.clip(rows, 0, h - 1) * w + np.clip(cols, 0, w - 1), 0), tf.int32)
+        self.inside = None if inside.all() else tf.constant(inside)
+
+    def first_max(self, a, pool_where):
+        """Position in `a` of the first maximum inside the pool's winning window ([b, c])."""
+        candidates = tf.gather(self.positions, pool_where)  # [b, c, window]
+        values = _gather_positions(a, candidates)
+        if self.inside is not None:
+            values = tf.where(tf.gather(self.inside, pool_where), values, tf.constant(-np.inf, a.dtype))
+        inner = tf.argmax(values, axis=2, output_type=tf.int32)
+        return tf.gather(candidates, inner[:, :, None], batch_dims=2)[:, :, 0]
+
+
+def _covering_pools(layers: list) -> dict[int, int]:
+    """Map layers whose every position is read by a max-pooling layer with non-overlapping windows
+    (pool size = stride, no dilation): layer index -> that pool's index.
+
+    Such a layer's maximum is the pool's maximum, and its position lies in the pool's winning
+    window, so the layer's large map need not be read again: the forward pass already did.
+    """
+    index = {node.name: i for i, node in enumerate(layers)}
+    found = {}
+    for j, pool in enumerate(layers):
+        g = pool.geometry
+        if pool.type != "MaxPooling2D" or len(pool.inputs) != 1 or pool.inputs[0] not in index:
+            continue
+        if g.kernel != g.stride or g.dilation != (1, 1):
+            continue
+        i = index[pool.inputs[0]]
+        h, w = layers[i].spatial
+        covers = g.padding == "same" or (h % g.kernel[0] == 0 and w % g.kernel[1] == 0)
+        if covers and i not in found:
+            found[i] = j
+    return found
+
+
+DEFAULT_PREPROCESSING = make_preprocessing("rescale", 3)  # x / 255, as flow_from_directory(rescale=1/255)
+
+
+def _input(pixels, preprocessing: Preprocessing):
+    return preprocessing.apply(tf.cast(pixels, tf.float32))
+
+
+def pixel_dtype(traced: TracedModel):
+    """uint8 for Pillow's nearest resize, float32 for tf.image.resize methods (not rounded, as Keras feeds them)."""
+    return tf.uint8 if traced.spec.interpolation == "nearest" else tf.float32
+
+
+HEAT_BUDGET = 48_000_000  # bytes of heatmaps (units x K x h x w) the site may hold; sets their resolution
+HEAT_SIDES = (32, 24, 16, 12, 10, 8, 7, 6, 5, 4)
+
+
+def heat_scale(spatial: tuple[int, int], side: int) -> int:
+    """The whole factor a layer's map is averaged down by, so that its heatmap has at most `side` a side."""
+    return max(1, -(-max(spatial) // side))
+
+
+def heat_shape(spatial: tuple[int, int], side: int) -> tuple[int, int]:
+    """A layer's heatmap size: ceil(size / scale) per axis."""
+    scale = heat_scale(spatial, side)
+    return -(-spatial[0] // scale), -(-spatial[1] // scale)
+
+
+def block_mean(a, scale: int):
+    """[b, h, w, c] averaged over scale x scale blocks -> [b, ceil(h / scale), ceil(w / scale), c]. Where
+    the size is not a multiple of the scale, the blocks are centred as TensorFlow's 'same' padding puts
+    them (the padding pixel before, the odd one after) and average only the pixels inside the map."""
+    if scale == 1:
+        return a
+    b, h, w, c = a.shape
+    padding = "VALID" if h % scale == 0 and w % scale == 0 else "SAME"
+    return tf.nn.avg_pool2d(a, scale, scale, padding)
+
+
+def heat_side(layers: list, k: int, budget: int = HEAT_BUDGET) -> int:
+    """The largest heatmap side (from HEAT_SIDES) whose heatmaps for every unit fit the budget."""
+    for side in HEAT_SIDES:
+        total = sum(node.channels * k * math.prod(heat_shape(node.spatial, side)) for node in layers)
+        if total <= budget:
+            return side
+    return HEAT_SIDES[-1]
+
+
+GROUP_LIMIT = 65_536  # maps of at most this many values per image are reduced together with others of their size
+
+
+@dataclass
+class _Segment:
+    """Map layers reduced together: one layer, or several with the same height and width (fewer ops:
+    in this graph the number of small ops costs more than their arithmetic)."""
+
+    layers: list[int]
+    start: int  # its rows in the table (segment order)
+    stop: int
+    scale: int  # heatmap block size
+    shape: tuple[int, int]  # heatmap size
+    via_pool: tuple | None = None  # (pool layer index, _PoolWindows) for a layer read through its max-pool
+
+
+class MiningStep:
+    """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K, and
+    the heatmaps of the maps that entered some top K in this batch (returned; HeatStore keeps them).
+
+    Units are kept in segment order (`order[row]` is the unit's index in layer order); probes follow.
+    """
+
+    def __init__(self, traced: TracedModel, k: int, probes: list[Probe], preprocessing: Preprocessing, batch_size: int,
+                 loss: "PerImageLoss | None" = None, side: int | None = None) -> None:
+        self.k = k
+        self.loss = loss
+        self.preprocessing = preprocessing
+        self.layers = traced.map_layers
+        index = {node.name: i for i, node in enumerate(self.layers)}
+        self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
+        via_pool = {li: (pj, _PoolWindows(self.layers[li].spatial, self.layers[pj])) for li, pj in _covering_pools(self.layers).items()}
+        self.side = side or heat_side(self.layers, k)
+        self.heat_shapes = [heat_shape(node.spatial, self.side) for node in self.layers]
+        self.tile = max(hs * ws for hs, ws in self.heat_shapes)  # every heatmap is returned padded to one size
+        self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
+        self.units = self.offsets[-1]
+        self.segments = self._segments(via_pool)
+        self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
+        self.tap = traced.tap
+        self.batch_size = batch_size
+        spec = traced.spec
+        table = [tf.TensorSpec([self.units + len(self.probe_slots), k], dtype) for dtype in (tf.float32, tf.int32, tf.int32)]
+        # One static shape (short batches are padded): traced once, and every shape is known in the graph.
+        self.step = tf.function(
+            self._step,
+            input_signature=[
+                tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], pixel_dtype(traced)),
+                tf.TensorSpec([batch_size], tf.int32),
+                tuple(table),
+            ],
+        )
+
+    def _segments(self, via_pool: dict) -> list[_Segment]:
+        groups: dict[tuple, list[int]] = {}
+        for li, node in enumerate(self.layers):
+            h, w = node.spatial
+            key = (h, w) if li not in via_pool and h * w * node.channels <= GROUP_LIMIT else ("alone", li)
+            groups.setdefault(key, []).append(li)
+        segments, row = [], 0
+        # layers read through their pool last: their pool's result must exist first
+        for members in sorted(groups.values(), key=lambda m: (m[0] in via_pool, m[0])):
+            first = self.layers[members[0]]
+            size = sum(self.layers[li].channels for li in members)
+            segments.append(_Segment(members, row, row + size, heat_scale(first.spatial, self.side), self.heat_shapes[members[0]],
+                                     via_pool.get(members[0])))
+            row += size
+        return segments
+
+    def to_layer_order(self, rows: np.ndarray) -> np.ndarray:
+        """Per-unit rows (segment order, units only) in layer order."""
+        out = np.empty_like(rows[: self.units])
+        out[self.order] = rows[: self.units]
+        return out
+
+    def initial_state(self):
+        """Running top K of every unit, then of every probe, as one [units, k] table each
+        (values, image indices, positions): one merge per batch for all of them."""
+        units = self.units + len(self.probe_slots)
+        return (
+            tf.fill([units, self.k], tf.constant(-np.inf, tf.float32)),
+            tf.fill([units, self.k], tf.constant(-1, tf.int32)),
+            tf.zeros([units, self.k], tf.int32),
+        )
+
+    def reduce(self, maps):
+        """Per segment: its map (layers side by side), maximum [batch, channels] and position; and
+        every unit's maximum [batch, units] in segment order."""
+        seg_maps, found = [], {}
+        by_layer: dict[int, tuple] = {}
+        for si, seg in enumerate(self.segments):
+            if seg.via_pool is not None:
+                continue
+            a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=3)
+            found[si] = (a, *_spatial_max(a))
+            offset = 0
+            for li in seg.layers:
+                c = self.layers[li].channels
+                by_layer[li] = (found[si][1][:, offset : offset + c], found[si][2][:, offset : offset + c])
+                offset += c
+        for si, seg in enumerate(self.segments):
+            if seg.via_pool is not None:
+                pj, windows = seg.via_pool
+                pool_max, pool_where = by_layer[pj]
+                a = maps[seg.layers[0]]
+                found[si] = (a, pool_max, windows.first_max(a, pool_where))
+        parts = [found[si] for si in range(len(self.segments))]
+        batch_max = tf.concat([p[1] for p in parts], axis=1)  # [batch, units], segment order
+        batch_max = tf.where(tf.math.is_nan(batch_max), tf.constant(-np.inf, batch_max.dtype), batch_max)
+        return batch_max, [p[2] for p in parts], [p[0] for p in parts]
+
+    def _entered(self, seg: _Segment, a, picked, ids, values):
+        """Heatmaps of a segment's maps that entered a top K in this batch: (row, image id, uint8 [n, tile]),
+        each the map averaged over blocks (block_mean), 255 = that map's own maximum (its entry's value).
+        Only the small block means of the batch are kept until the merge."""
+        k = self.k
+        hs, ws = seg.shape
+        small = tf.transpose(block_mean(a, seg.scale), [0, 3, 1, 2])  # [b, c, hs, ws]
+        where = tf.where(picked >= k)  # [n, 2]: (channel, slot) of the entries that came from this batch
+        image = tf.gather_nd(picked, where) - k
+        maps = tf.reshape(tf.gather_nd(small, tf.stack([tf.cast(image, tf.int64), where[:, 0]], axis=1)), [-1, hs * ws])
+        score = tf.gather_nd(values, where)[:, None]
+        level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(maps, score), 0.0, 1.0), 0.0) * 255.0
+        level = tf.cast(tf.round(level), tf.uint8)
+        if hs * ws < self.tile:
+            level = tf.pad(level, [[0, 0], [0, self.tile - hs * ws]])
+        return tf.cast(where[:, 0], tf.int32) + seg.start, tf.gather(ids, image), level
+
+    def _step(self, pixels, ids, state):
+        """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K)."""
+        vals, top_ids, pos = state
+        outs = self.tap(_input(pixels, self.preprocessing), training=False)
+        preds, maps = outs[0], outs[1:]
+        batch_max, places, seg_maps = self.reduce(maps)
+        batch_max = tf.where(ids[:, None] >= 0, batch_max, tf.constant(-np.inf, batch_max.dtype))
+        values = [batch_max]
+        for li, row, col, ch in self.probe_slots:
+            v = maps[li][:, row, col, ch][:, None]
+            values.append(tf.where(tf.math.is_nan(v) | (ids[:, None] < 0), tf.constant(-np.inf, v.dtype), v))
+            places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
+        new_vals = tf.transpose(tf.concat(values, axis=1))  # [units + probes, batch]
+        new_pos = tf.transpose(tf.concat(places, axis=1))
+        table, picked = _merge_top_k(vals, top_ids, pos, new_vals, ids, new_pos, self.k)
+        parts = [
+            self._entered(seg, a, picked[seg.start : seg.stop], ids, table[0][seg.start : seg.stop])
+            for seg, a in zip(self.segments, seg_maps)
+        ]
+        heat = tuple(tf.concat([p[i] for p in parts], axis=0) for i in range(3))
+        entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
+        losses = self.loss(ids, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
+        return preds, batch_max, losses, entered, heat, table
+
+
+class HeatStore:
+    """The heatmaps that entered some top K, by (unit, image), kept on the host as they come out of
+    the graph; those that leave every top K are dropped from time to time, so memory stays O(units x K)."""
+
+    def __init__(self, images: int, tile: int) -> None:
+        self.images = max(1, images)
+        self.tile = tile
+        self.keys = np.zeros(0, np.int64)
+        self.tiles = np.zeros((0, tile), np.uint8)
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, unit: np.ndarray, image: np.ndarray, tiles: np.ndarray) -> None:
+        if len(unit):
+            self.pending.append((unit.astype(np.int64) * self.images + image, tiles))
+
+    def _consolidate(self) -> None:
+        if self.pending:
+            self.keys = np.concatenate([self.keys] + [k for k, _ in self.pending])
+            self.tiles = np.concatenate([self.tiles] + [t for _, t in self.pending])
+            self.pending = []
+            # a (unit, image) enters at most once: it never comes back after leaving a top K
+            order = np.argsort(self.keys, kind="stable")
+            self.keys, self.tiles = self.keys[order], self.tiles[order]
+
+    def keep(self, ids: np.ndarray) -> None:
+        """Drop every heatmap whose (unit, image) is not in the running top K (ids: [units, k])."""
+        self._consolidate()
+        units = np.repeat(np.arange(ids.shape[0], dtype=np.int64), ids.shape[1])
+        wanted = np.unique(units * self.images + ids.reshape(-1))
+        mask = np.isin(self.keys, wanted)
+        self.keys, self.tiles = self.keys[mask], self.tiles[mask]
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray:
+        """uint8 [units, k, tile]: the heatmap of each entry of the final top K (zeros for empty slots)."""
+        self._consolidate()
+        units = np.repeat(np.arange(ids.shape[0], dtype=np.int64), ids.shape[1])
+        keys = units * self.images + ids.reshape(-1)
+        at = np.clip(np.searchsorted(self.keys, keys), 0, max(len(self.keys) - 1, 0))
+        found = (ids.reshape(-1) >= 0) & (len(self.keys) > 0)
+        if len(self.keys):
+            found &= self.keys[at] == keys
+        out = np.zeros((len(keys), self.tile), np.uint8)
+        out[found] = self.tiles[at[found]]
+        return out.reshape(ids.shape[0], ids.shape[1], self.tile)
+
+
+class PerImageLoss:
+    """The model's loss per image, computed in the graph on the output tensor itself, as
+    `model.evaluate` does: Keras computes a sigmoid/softmax output's cross-entropy from the logits
+    that tensor carries, which differs from the clipped probabilities where the model is confident."""
+
+    def __init__(self, loss: LossSpec, mode: str, num_outputs: int, labels: np.ndarray) -> None:
+        self.enabled = loss.fn is not None and mode != "none"
+        if not self.enabled:
+            return
+        fn = loss.fn
+        self.call = fn.call if isinstance(fn, keras.losses.Loss) else fn  # unreduced: one value per image
+        self.sparse = "sparse" in f"{loss.name} {type(fn).__name__} {getattr(fn, 'fn', '')}".lower()
+        self.mode = mode
+        self.num_outputs = num_outputs
+        self.labels = tf.constant(np.maximum(labels, 0).astype(np.int32))
+
+    def __call__(self, ids, preds):
+        labels = tf.gather(self.labels, tf.maximum(ids, 0))
+        if self.mode == "binary":
+            y_true = tf.cast(labels, preds.dtype)[:, None]
+        elif self.sparse:
+            y_true = labels
+        else:
+            y_true = tf.one_hot(labels, self.num_outputs, dtype=preds.dtype)
+        return tf.reshape(tf.cast(self.call(y_true, preds), tf.float32), [-1])
+
+

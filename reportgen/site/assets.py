@@ -1,0 +1,123 @@
+"""The site's pictures, written as they are made: thumbnail sheets, heatmap atlases, feature grids.
+
+Thumbnails: one per image that some gallery shows, packed in sheets of SHEET_COLUMNS x
+SHEET_COLUMNS (a handful of files for thousands of images); pages show a tile with CSS.
+Heatmaps: one grey atlas per block of units (a row per unit, a column per rank); a unit whose
+heatmaps are byte-identical to another's (a dead unit; BatchNormalization -> ReLU, where the
+ranking and the clipped maps are the same) points to the tile already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from reportgen.images import encode_jpeg, encode_png, feature_grid, heat_atlas, thumbnail_sheet
+from reportgen.report import LayerUnits
+from reportgen.site.names import content_path, slug
+
+SHEET_COLUMNS = 8
+ATLAS_UNITS = 512  # units per heatmap atlas file
+GRID_PIXELS = 600_000  # feature-map grid budget per layer and image when --max-channels is not given
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Where an image's thumbnail is: sheet file, tile column and row, and the sheet's size in tiles."""
+
+    sheet: str
+    col: int
+    row: int
+    columns: int
+    rows: int
+
+    @property
+    def x(self) -> float:  # CSS background-position percentages
+        return 0.0 if self.columns == 1 else round(self.col / (self.columns - 1) * 100, 4)
+
+    @property
+    def y(self) -> float:
+        return 0.0 if self.rows == 1 else round(self.row / (self.rows - 1) * 100, 4)
+
+
+def write_thumbnail_sheets(site, thumbnails: dict) -> dict[int, Tile]:
+    """Pack every thumbnail (dataset index -> Thumbnail) into sheets; returns each image's tile."""
+    tiles: dict[int, Tile] = {}
+    order = sorted(thumbnails)
+    per_sheet = SHEET_COLUMNS * SHEET_COLUMNS
+    for start in range(0, len(order), per_sheet):
+        chunk = order[start : start + per_sheet]
+        thumbs = [thumbnails[i] for i in chunk]
+        columns = min(SHEET_COLUMNS, len(chunk))
+        sheet = thumbnail_sheet(thumbs, columns)
+        exact = thumbs[0].ext == "png"
+        data = encode_png(sheet) if exact else encode_jpeg(sheet, quality=85)
+        path = site.write(content_path("img", data, "png" if exact else "jpg", "sheet"), data)
+        rows = -(-len(chunk) // columns)
+        for k, index in enumerate(chunk):
+            tiles[index] = Tile(path, k % columns, k // columns, columns, rows)
+    return tiles
+
+
+class HeatAtlases:
+    """Heatmap tiles of every unit, stored once per distinct content."""
+
+    def __init__(self, site) -> None:
+        self.site = site
+        self.seen: dict[bytes, tuple[str, int, int]] = {}  # content digest -> (atlas path, row, rows in atlas)
+
+    def write_layer(self, units: LayerUnits) -> dict:
+        """Atlases for one layer's units; returns {"shape": [h, w], "atlases": [...], "tiles": [[atlas, row, rows] per channel]}."""
+        heat = units.heat  # [c, k, h, w]
+        c, k, h, w = heat.shape
+        shape = np.array([k, h, w], np.int64).tobytes()
+        digests = [hashlib.sha1(shape + heat[ch].tobytes()).digest() for ch in range(c)]
+        fresh = []  # channels whose tiles are not stored yet, first of each content
+        pending: dict[bytes, int] = {}
+        for ch, d in enumerate(digests):
+            if d not in self.seen and d not in pending:
+                pending[d] = len(fresh)
+                fresh.append(ch)
+        for start in range(0, len(fresh), ATLAS_UNITS):
+            block = fresh[start : start + ATLAS_UNITS]
+            data = encode_png(heat_atlas(heat[block]))
+            path = self.site.write(content_path("heat", data, "png", slug(units.layer)), data)
+            for row, ch in enumerate(block):
+                self.seen[digests[ch]] = (path, row, len(block))
+        atlases: list[str] = []
+        tiles = []
+        for d in digests:
+            path, row, rows = self.seen[d]
+            if path not in atlases:
+                atlases.append(path)
+            tiles.append([atlases.index(path), row, rows])
+        return {"shape": [h, w], "atlases": atlases, "tiles": tiles}
+
+
+def grid_channels(node, max_channels: int | None) -> int:
+    """How many channels a layer's feature-map grid draws: --max-channels, or as many as fit GRID_PIXELS."""
+    from reportgen.images import tile_scale
+
+    if max_channels:
+        return min(max_channels, node.channels)
+    h, w = node.spatial
+    scale = tile_scale(h, w)
+    per_channel = (h * scale + 2) * (w * scale + 2)
+    return max(1, min(node.channels, GRID_PIXELS // per_channel))
+
+
+@dataclass(frozen=True)
+class GridPicture:
+    path: str
+    layout: object  # images.GridLayout
+    shown: int  # channels drawn
+    sparsity: float  # exact zeros in the whole map (every channel)
+
+
+def write_feature_grid(site, node, maps: np.ndarray, shown: int) -> GridPicture:
+    grid, layout = feature_grid(maps[:, :, :shown])
+    data = encode_png(grid)
+    path = site.write(content_path("maps", data, "png", slug(node.name)), data)
+    return GridPicture(path, layout, shown, float(np.mean(maps == 0)) if maps.size else 0.0)

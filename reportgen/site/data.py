@@ -1,0 +1,183 @@
+"""The site's data, built from the stages' dataclasses (never from the page views):
+
+    report.json         a summary (model, preprocessing, dataset, metrics, layers, probes), under 1 MB
+                        for any model; it points to the per-layer files
+    data/<layer>.js     every unit of one layer: top K (image, score, row, col), histogram, heatmap
+                        tile; JSON wrapped as `reportgen.layer(<JSON>);` so that pages load it with
+                        <script src> (which works from file://, where fetch() does not)
+    data/images.js      every image some gallery shows: its thumbnail sheet and tile, path and class,
+                        as `reportgen.images(<JSON>);`
+
+Scores are float32 printed with 9 significant digits, which reads back to the same float32.
+The schema is reportgen/site/schema/report.schema.json (SCHEMA_VERSION).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from reportgen import __version__
+from reportgen.report import LayerUnits, ReceptiveField, to_json
+from reportgen.site.names import layer_data, layer_page, probe_page
+
+SCHEMA_VERSION = 2
+JS_PREFIX = {"layer": "reportgen.layer(", "images": "reportgen.images("}
+JS_SUFFIX = ");\n"
+
+
+def read_js_json(text: str) -> dict:
+    """The JSON inside a data/*.js file (for scripts that read the site)."""
+    start, end = text.index("(") + 1, text.rindex(")")
+    return json.loads(text[start:end])
+
+
+def _f32(values: np.ndarray) -> list[str]:
+    return np.char.mod("%.9g", np.asarray(values, dtype=np.float32)).tolist()
+
+
+def _compact(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _js(kind: str, body: str) -> bytes:
+    return (JS_PREFIX[kind] + body + JS_SUFFIX).encode("utf-8")
+
+
+def rf_data(rf: ReceptiveField) -> dict:
+    data = {"exact": rf.exact, "size": list(rf.size), "stride": list(rf.stride), "offset": list(rf.offset), "note": rf.note or None}
+    if rf.reads is not None:
+        data["rows"], data["cols"] = rf.reads  # per position [lo, hi) of input pixels really read; null: padding only
+    return data
+
+
+def _clean_reads(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, list):
+        return [_clean_reads(v) for v in value]
+    return value
+
+
+def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw: tuple[int, int], top_k: int) -> bytes:
+    """data/<layer>.js. heat: {"shape": [h, w], "atlases": [path], "tiles": [[atlas, row] per channel]}."""
+    head = {
+        "schema_version": SCHEMA_VERSION,
+        "layer": node.name,
+        "type": node.type,
+        "output_shape": list(node.output_shape),
+        "page": layer_page(node.name),
+        "input_hw": list(input_hw),
+        "top_k": top_k,
+        "receptive_field": _clean_reads(rf_data(rf)),
+        "heat": {"shape": heat["shape"], "atlases": heat["atlases"], "floor": 80},
+    }
+    values = _f32(units.values)
+    hist_hi = units.hist_hi.tolist()
+    parts = []
+    for c in range(units.channels):
+        n = int((units.images[c] >= 0).sum())
+        top = ",".join(
+            f"[{int(units.images[c, j])},{values[c][j]},{int(units.rows[c, j])},{int(units.cols[c, j])}]" for j in range(n)
+        )
+        counts = units.hist_counts[c].tolist()
+        while counts and counts[-1] == 0:
+            counts.pop()
+        tile = heat["tiles"][c]
+        parts.append(
+            f'{{"channel":{c},"max":{values[c][0] if n else "null"},"dead":{"true" if units.dead[c] else "false"},'
+            f'"top":[{top}],"heat":{_compact(tile)},'
+            f'"histogram":{{"nonpositive":{int(units.hist_nonpositive[c])},"hi":{json.dumps(hist_hi[c])},"counts":{_compact(counts)}}}}}'
+        )
+    body = json.dumps(head, separators=(",", ":"))[:-1] + ',"units":[\n' + ",\n".join(parts) + "]}"
+    return _js("layer", body)
+
+
+def images_file(table: dict) -> bytes:
+    """data/images.js: {"tile": [w, h], "columns": n, "sheets": [...], "classes": [...], "images": {index: [sheet, slot, path, class]}}."""
+    return _js("images", json.dumps(table, separators=(",", ":"), ensure_ascii=False))
+
+
+def report_json(data, layer_rows: list[dict]) -> bytes:
+    """report.json from the gathered data. layer_rows: per map layer, the numbers computed while
+    writing its files (sparsity of the chosen images, dead units)."""
+    info, dataset, scan = data.info, data.dataset, data.scan
+    records = dataset.records
+    m = scan.metrics
+
+    def top(entries) -> list[dict]:
+        return [{"image": records[e.image].rel, "value": e.value, "row": e.row, "col": e.col} for e in entries]
+
+    return to_json(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "generator": {"name": "reportgen", "version": __version__},
+            "options": data.options,
+            "model": {
+                "name": info.name,
+                "path": info.path,
+                "format": info.file_format or None,
+                "input_shape": list(info.input_shape),
+                "total_params": info.total_params,
+                "trainable_params": info.trainable_params,
+                "non_trainable_params": info.non_trainable_params,
+                "loss": info.loss_name,
+                "loss_note": info.loss_note or None,
+                "repairs": [r.as_dict() for r in info.repairs],
+                "outputs": info.outputs,
+                "head": info.head.as_dict() if info.head else None,
+                "layers": [
+                    {"name": n.name, "type": n.type, "output_shape": list(n.output_shape), "params": n.params, "parent": n.parent}
+                    for n in info.nodes
+                ],
+            },
+            "preprocessing": data.preprocessing.as_dict() if data.preprocessing else None,
+            "warnings": list(data.warnings),
+            "dataset": {
+                "root": data.data_label or str(dataset.root),
+                "class_indices": dataset.class_indices,
+                "num_images": scan.num_images,
+                "num_files": len(records),
+                "skipped": [{"path": s.path, "reason": s.reason} for s in scan.skipped],
+                "ignored": [{"path": s.path, "reason": s.reason} for s in dataset.ignored],
+            },
+            "metrics": {
+                "accuracy": m.accuracy,
+                "loss": m.loss,
+                "per_class": m.per_class,
+                "confusion": m.confusion,
+                "evaluated": m.evaluated,
+                "mode": m.mode,
+                "note": m.note or None,
+            },
+            "images": [
+                {"path": img.path, "label": img.label, "prediction": img.prediction, "scores": [float(s) for s in np.ravel(img.scores)],
+                 "logits": img.raw_scores}
+                for img in data.chosen
+            ],
+            "files": {"images": "data/images.js", "format": "data/*.js hold JSON as reportgen.layer(<JSON>); / reportgen.images(<JSON>);"},
+            "layers": layer_rows,
+            "probes": [
+                {"layer": p.layer, "row": p.row, "col": p.col, "channel": p.channel, "page": probe_page(p.layer, p.row, p.col, p.channel),
+                 "top": top(p.top)}
+                for p in scan.probes
+            ],
+        }
+    )
+
+
+def layer_row(node, units: LayerUnits, rf: ReceptiveField, sparsity: list[float]) -> dict:
+    """A map layer's line in report.json; its units are in `units_file`."""
+    return {
+        "name": node.name,
+        "type": node.type,
+        "output_shape": list(node.output_shape),
+        "page": layer_page(node.name),
+        "units_file": layer_data(node.name),
+        "units": units.channels,
+        "dead_units": int(units.dead.sum()),
+        "sparsity": sparsity[0] if sparsity else None,
+        "sparsity_per_image": sparsity,
+        "receptive_field": {k: v for k, v in rf_data(rf).items() if k not in ("rows", "cols")},
+    }

@@ -1,0 +1,239 @@
+"""Render the site into a SiteFolder, file by file, as each is made (memory stays flat in the number
+of units): static files, thumbnail sheets, per layer its heatmap atlases, data file, feature grids
+and page, then probe pages, the index and report.json. Every link and anchor goes through
+links.Links, so the link check needs no second read of the pages."""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+import numpy as np
+
+from reportgen import __version__
+from reportgen.images import encode_thumbnail
+from reportgen.site import data as site_data
+from reportgen.site.assets import HeatAtlases, grid_channels, write_feature_grid, write_thumbnail_sheets
+from reportgen.site.links import Links
+from reportgen.site.names import content_path, layer_data, layer_page, probe_page, shape_text
+from reportgen.site.views import IndexRow, LayerView, Pattern, cards, grid_view, group_rows, unit_lines
+
+log = logging.getLogger("reportgen")
+
+
+def _template_source(name: str) -> str | None:
+    """Templates ship inside the package as `reportgen.templates` (the top-level templates/ folder)."""
+    item = resources.files("reportgen.templates").joinpath(*name.split("/"))
+    return item.read_text(encoding="utf-8") if item.is_file() else None
+
+
+def _num(value, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 1e-3:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{digits}g}"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_template_source),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["num"] = _num
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    env.filters["shape"] = shape_text
+    env.filters["thousands"] = lambda v: f"{int(v):,}"
+    env.filters["tojson_attr"] = lambda v: json.dumps(v, separators=(",", ":"))
+    env.globals["version"] = __version__
+    return env
+
+
+def static_files() -> dict[str, bytes]:
+    folder = resources.files("reportgen.templates") / "static"
+    return {f"static/{item.name}": item.read_bytes() for item in sorted(folder.iterdir(), key=lambda i: i.name) if item.is_file()}
+
+
+@dataclass
+class SiteSummary:
+    files: int
+    bytes: int
+    report: dict
+
+
+class Renderer:
+    """Renders one gathered report (report.ReportData) into a writer.SiteFolder."""
+
+    def __init__(self, data, site) -> None:
+        self.data = data
+        self.site = site
+        self.env = environment()
+        self.links = Links()
+        info = data.info
+        shape = info.run_input_shape or info.input_shape  # the size it ran at (--input-size for unfixed inputs)
+        self.input_hw = (int(shape[1]), int(shape[2]))
+        self.classes = data.dataset.classes
+        self.map_layers = [n for n in info.nodes if n.is_map]
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def render(self, template: str, page: str, **context) -> None:
+        links = self.links
+
+        def url(target: str | None) -> str:
+            return links.url(page, target) if target else ""
+
+        def anchor(name) -> str:
+            return links.anchor(page, str(name))
+
+        text = self.env.get_template(template).render(
+            url=url,
+            anchor=anchor,
+            page=page,
+            model_name=self.data.info.name,
+            footer_note=self.data.footer_note,
+            input_hw=self.input_hw,
+            **context,
+        )
+        self.site.write(page, text.encode("utf-8"))
+
+    # -- the site --------------------------------------------------------------------------------
+
+    def run(self) -> SiteSummary:
+        data = self.data
+        for path, content in static_files().items():
+            self.site.write(path, content)
+        self.tiles = write_thumbnail_sheets(self.site, data.scan.thumbnails)
+        self.site.write("data/images.js", site_data.images_file(self.image_table()))
+        chosen = self.chosen_views()
+        atlases = HeatAtlases(self.site)
+        rows: dict[str, IndexRow] = {n.name: IndexRow(n, None) for n in data.info.nodes}
+        report_layers = []
+        for position, node in enumerate(self.map_layers):
+            view, sparsity = self.layer(position, node, atlases, chosen)
+            units = data.scan.units[node.name]
+            rows[node.name] = IndexRow(node, view.page, units.channels, int(units.dead.sum()), sparsity[0] if sparsity else None, view.rf)
+            report_layers.append(site_data.layer_row(node, units, view.rf, sparsity))
+        probes = [self.probe(p) for p in data.scan.probes]
+        self.index(chosen, [rows[n.name] for n in data.info.nodes], probes)
+        report = site_data.report_json(data, report_layers)
+        self.site.write("report.json", report)
+        self.site.write(".nojekyll", b"")
+        broken = self.links.broken(self.site.written)
+        if broken:  # a bug of ours, not the user's: nothing is swapped in
+            raise RuntimeError("the site has broken links:\n" + "\n".join(broken[:20]))
+        return SiteSummary(self.site.files, self.site.bytes, json.loads(report))
+
+    def image_table(self) -> dict:
+        records = self.data.dataset.records
+        sheets: list[str] = []
+        images = {}
+        for index, tile in sorted(self.tiles.items()):
+            if tile.sheet not in sheets:
+                sheets.append(tile.sheet)
+            rec = records[index]
+            images[str(index)] = [sheets.index(tile.sheet), tile.col, tile.row, rec.rel, rec.label]
+        first = next(iter(self.tiles.values()), None)
+        sheet_sizes = {}
+        for tile in self.tiles.values():
+            sheet_sizes[tile.sheet] = [tile.columns, tile.rows]
+        return {"classes": self.classes, "sheets": sheets, "sheet_tiles": [sheet_sizes[s] for s in sheets],
+                "input_hw": list(self.input_hw), "images": images, "columns": first.columns if first else 0}
+
+    def chosen_views(self) -> list[dict]:
+        views = []
+        for i, img in enumerate(self.data.chosen):
+            content, ext = encode_thumbnail(img.pixels)
+            views.append({
+                "number": i + 1, "path": img.path, "label": img.label, "prediction": img.prediction,
+                "thumb": self.site.write(content_path("img", content, ext), content),
+            })
+        return views
+
+    def layer(self, position: int, node, atlases: HeatAtlases, chosen: list[dict]) -> tuple[LayerView, list[float]]:
+        data = self.data
+        units = data.scan.units[node.name]
+        rf = data.fields[node.name]
+        heat = atlases.write_layer(units)
+        self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k))
+        shown = grid_channels(node, data.max_channels)
+        grids, sparsity = [], []
+        for img, view in zip(data.chosen, chosen):
+            picture = write_feature_grid(self.site, node, img.maps[node.name], shown)
+            grids.append(grid_view(view["number"], view["path"], picture))
+            sparsity.append(picture.sparsity)
+        maps = self.map_layers
+        lines = unit_lines(units, self.tiles)
+        view = LayerView(
+            node=node, page=layer_page(node.name), data_file=layer_data(node.name), rf=rf, pattern=Pattern.of(node, self.input_hw),
+            units=lines, dead=[u.channel for u in lines if u.dead], grids=grids,
+            prev=layer_page(maps[position - 1].name) if position > 0 else None,
+            next=layer_page(maps[position + 1].name) if position + 1 < len(maps) else None,
+        )
+        sheets = sorted({u.best.sheet for u in lines if u.best})
+        sizes = {t.sheet: (t.columns, t.rows) for t in (u.best for u in lines if u.best)}
+        self.render("layer.html", view.page, layer=view, max_channels=data.max_channels, top_k=data.top_k, sheets=sheets, sheet_sizes=sizes)
+        return view, sparsity
+
+    def probe(self, probe) -> dict:
+        data = self.data
+        node = next(n for n in self.map_layers if n.name == probe.layer)
+        page = probe_page(probe.layer, probe.row, probe.col, probe.channel)
+        gallery = cards(probe.top, data.dataset.records, self.classes, self.tiles, data.fields[node.name], self.input_hw, node)
+        self.render("probe.html", page, probe=probe, node=node, layer_page=layer_page(node.name), rf=data.fields[node.name],
+                    cards=gallery, pattern=Pattern.of(node, self.input_hw))
+        return {"probe": probe, "page": page}
+
+    def index(self, chosen: list[dict], rows: list[IndexRow], probes: list[dict]) -> None:
+        data, dataset = self.data, self.data.dataset
+        class_sizes = collections.Counter(r.label for r in dataset.records)
+        map_rows = [r for r in rows if r.page]
+        jump = {r.node.name: {"page": r.page, "units": r.units} for r in map_rows}
+        self.render(
+            "index.html",
+            "index.html",
+            info=data.info,
+            groups=group_rows(rows),
+            metrics=data.scan.metrics,
+            classes=self.classes,
+            class_sizes=[(name, class_sizes.get(i, 0)) for i, name in enumerate(self.classes)],
+            dataset=dataset,
+            skipped=data.scan.skipped,
+            data_label=data.data_label or str(dataset.root),
+            num_images=data.scan.num_images,
+            chosen=chosen,
+            probes=probes,
+            options=data.options,
+            preprocessing=data.preprocessing,
+            warnings=data.warnings,
+            total_dead=sum(r.dead for r in map_rows),
+            total_units=sum(r.units for r in map_rows),
+            map_layers=len(map_rows),
+            jump=jump,
+            heat_side=data.scan.heat_side,
+        )
+
+
+def render_site(data, site) -> SiteSummary:
+    """Write every file of the site for `data` (report.ReportData) into `site` (writer.SiteFolder)."""
+    return Renderer(data, site).run()
+
+
+def page_count_check(summary: SiteSummary) -> None:  # pragma: no cover - used by bench
+    log.info("site: %d files, %.1f MB", summary.files, summary.bytes / 1e6)
+
+
+__all__ = ["render_site", "SiteSummary", "environment", "np"]
