@@ -136,6 +136,30 @@ def heat_atlas(tiles: np.ndarray, floor: int = 80) -> np.ndarray:
     return heat_levels(tiles, floor).transpose(0, 2, 1, 3).reshape(n * h, k * w)
 
 
+HEAT_BUDGET = 48_000_000  # bytes of heatmaps (units x K x h x w) the site may hold; sets their resolution
+HEAT_SIDES = (32, 24, 16, 12, 10, 8, 7, 6, 5, 4)
+
+
+def heat_scale(spatial: tuple[int, int], side: int) -> int:
+    """The whole factor a layer's map is averaged down by, so that its heatmap has at most `side` a side."""
+    return max(1, -(-max(spatial) // side))
+
+
+def heat_shape(spatial: tuple[int, int], side: int) -> tuple[int, int]:
+    """A layer's heatmap size: ceil(size / scale) per axis."""
+    scale = heat_scale(spatial, side)
+    return -(-spatial[0] // scale), -(-spatial[1] // scale)
+
+
+def heat_side(layers: list, k: int, budget: int = HEAT_BUDGET) -> int:
+    """The largest heatmap side (from HEAT_SIDES) whose heatmaps for every unit fit the budget."""
+    for side in HEAT_SIDES:
+        total = sum(node.channels * k * math.prod(heat_shape(node.spatial, side)) for node in layers)
+        if total <= budget:
+            return side
+    return HEAT_SIDES[-1]
+
+
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     """Pixels as decoded, for display: uint8 as is; float pixels (tf.image.resize output, about 0..255) rounded and clipped."""
     pixels = np.asarray(pixels)

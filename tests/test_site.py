@@ -215,3 +215,19 @@ def test_dead_channel_is_marked_not_nan(tmp_path):
     index = (tmp_path / "out" / "index.html").read_text()
     assert re.search(r"c1</a>.*?1 / 4", index, re.S)
     assert r["layers"][0]["dead_units"] == 1
+
+
+def test_report_and_layer_files_follow_the_schema(tiny_site):
+    import jsonschema
+
+    from linkcheck import read_js_json
+
+    out = tiny_site["out"]
+    schema = json.loads((Path(__file__).parents[1] / "reportgen" / "site" / "schema" / "report.schema.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    jsonschema.validate(report, schema)
+    assert report["schema_version"] == 2
+    layer_schema = {**schema["$defs"]["layerFile"], "$defs": schema["$defs"]}
+    for layer in report["layers"]:
+        jsonschema.validate(read_js_json((out / layer["units_file"]).read_text()), layer_schema)
+    jsonschema.validate(read_js_json((out / report["files"]["images"]).read_text()), schema["$defs"]["imagesFile"])

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reportgen.images import heat_scale, heat_shape, heat_side
 from reportgen.model import TracedModel
 from reportgen.model.load import LossSpec
 from reportgen.model.preprocess import Preprocessing, make_preprocessing
@@ -165,21 +166,6 @@ def pixel_dtype(traced: TracedModel):
     return tf.uint8 if traced.spec.interpolation == "nearest" else tf.float32
 
 
-HEAT_BUDGET = 48_000_000  # bytes of heatmaps (units x K x h x w) the site may hold; sets their resolution
-HEAT_SIDES = (32, 24, 16, 12, 10, 8, 7, 6, 5, 4)
-
-
-def heat_scale(spatial: tuple[int, int], side: int) -> int:
-    """The whole factor a layer's map is averaged down by, so that its heatmap has at most `side` a side."""
-    return max(1, -(-max(spatial) // side))
-
-
-def heat_shape(spatial: tuple[int, int], side: int) -> tuple[int, int]:
-    """A layer's heatmap size: ceil(size / scale) per axis."""
-    scale = heat_scale(spatial, side)
-    return -(-spatial[0] // scale), -(-spatial[1] // scale)
-
-
 def block_mean(a, scale: int):
     """[b, h, w, c] averaged over scale x scale blocks -> [b, ceil(h / scale), ceil(w / scale), c]. Where
     the size is not a multiple of the scale, the blocks are centred as TensorFlow's 'same' padding puts
@@ -189,15 +175,6 @@ def block_mean(a, scale: int):
     b, h, w, c = a.shape
     padding = "VALID" if h % scale == 0 and w % scale == 0 else "SAME"
     return tf.nn.avg_pool2d(a, scale, scale, padding)
-
-
-def heat_side(layers: list, k: int, budget: int = HEAT_BUDGET) -> int:
-    """The largest heatmap side (from HEAT_SIDES) whose heatmaps for every unit fit the budget."""
-    for side in HEAT_SIDES:
-        total = sum(node.channels * k * math.prod(heat_shape(node.spatial, side)) for node in layers)
-        if total <= budget:
-            return side
-    return HEAT_SIDES[-1]
 
 
 GROUP_LIMIT = 65_536  # maps of at most this many values per image are reduced together with others of their size

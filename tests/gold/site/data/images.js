@@ -1,0 +1,1 @@
+reportgen.images({"classes":["cats","dogs"],"sheets":["img/sheet-789d351bce05c73d.png"],"sheet_tiles":[[6,1]],"input_hw":[8,8],"images":{"0":[0,0,0,"cats/img_000.png",0],"1":[0,1,0,"cats/img_001.png",0],"2":[0,2,0,"cats/img_002.png",0],"3":[0,3,0,"dogs/img_003.png",1],"4":[0,4,0,"dogs/img_004.png",1],"5":[0,5,0,"dogs/img_005.png",1]},"columns":6});
