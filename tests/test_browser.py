@@ -1,11 +1,14 @@
 """The built site in a real headless browser: Debian's Chromium at /usr/bin/chromium, driven by Playwright.
 
-Three sites are built once per session: the demo's (`run_demo`), a tiny one (conftest's `tiny_sequential`
-with a fixed unit, so a probe page exists) and a "wide" one whose only conv layer has 500 filters. Each is
-opened from file:// and from a local HTTP server, and checked for: console errors/warnings, page errors,
-failed requests and HTTP errors; images that do not decode; relative links, #anchors, and CSS url()s
-that do not resolve; navigation by clicking; the overlay toggles; load time of a 500-unit layer page.
-Full-page screenshots of each page kind go to <repo>/test-artifacts/screenshots/.
+Sites built once per session: the demo's (`run_demo`), a tiny one (conftest's `tiny_sequential` with a
+fixed unit, so a probe page exists), one with HTML/URL-hostile names, a "wide" one whose only conv layer
+has 500 filters, and a ResNet50-sized one (ResNet50's real layer structure, 174 layers and 91,075 units,
+filled with hand-made numbers: fake_report.report_like). Each is opened from file:// and from a local
+HTTP server, and checked for: console errors/warnings, page errors, failed requests and HTTP errors;
+images (and CSS background images: thumbnails, heatmaps) that do not decode; relative links, #anchors
+and CSS url()s that do not resolve; navigation by clicking, unit addresses (layers/<layer>.html#unit-N)
+through reload, back/forward and a new tab; the overlay toggles; big layer pages; the page without
+JavaScript. Full-page screenshots of each page kind go to <repo>/test-artifacts/screenshots/.
 
 Skipped (with a reason) only when /usr/bin/chromium is missing and CI is not set; with CI set, a missing
 Chromium (or Playwright) fails.
@@ -93,23 +96,26 @@ class Site:
     def probe_pages(self) -> list[str]:
         return [probe["page"] for probe in self.report["probes"]]
 
-    def unit_pages(self, layer: str) -> list[str]:
-        return [u["page"] for u in self.report["units"] if u["layer"] == layer]
+    def units(self, layer: dict) -> list[dict]:
+        from linkcheck import read_js_json
 
-    def sample_pages(self) -> list[str]:
-        """index, every layer page, first and last unit of every layer, every probe page."""
-        pages = ["index.html", *self.layer_pages()]
+        return read_js_json((self.root / layer["units_file"]).read_text(encoding="utf-8"))["units"]
+
+    def unit_addresses(self) -> list[str]:
+        """The first and last unit of every layer: layers/<layer>.html#unit-N."""
+        out = []
         for layer in self.report["layers"]:
-            units = self.unit_pages(layer["name"])
-            pages += sorted({units[0], units[-1]}, key=units.index)
-        return pages + self.probe_pages()
+            last = layer["units"] - 1
+            out += [f"{layer['page']}#unit-{c}" for c in sorted({0, last})]
+        return out
 
-    def heat_unit_page(self) -> str:
-        """A unit page with the activation-heatmap toggle (first one in report order)."""
-        for unit in self.report["units"]:
-            if 'id="show-heat"' in (self.root / unit["page"]).read_text(encoding="utf-8"):
-                return unit["page"]
-        raise AssertionError(f"{self.name}: no unit page has a #show-heat toggle")
+    def heat_unit(self) -> str:
+        """The address of a unit view with heatmaps (a live unit)."""
+        for layer in self.report["layers"]:
+            for unit in self.units(layer):
+                if not unit["dead"]:
+                    return f"{layer['page']}#unit-{unit['channel']}"
+        raise AssertionError(f"{self.name}: every unit is dead")
 
 
 def _load_site(name: str, root: Path) -> Site:
@@ -169,18 +175,40 @@ def hostile_site(tmp_path_factory) -> Site:
     whose layers are called like this, so the names are given to the gathered data before the
     pages are rendered (the render stage works on plain data)."""
     from reportgen.build import BuildOptions, gather
-    from reportgen.site import assemble_site
-    from reportgen.writer import write_site
+    from reportgen.site.pages import render_site
+    from reportgen.writer import SiteFolder
 
     work = tmp_path_factory.mktemp("browser_hostile")
     tiny_sequential().save(work / "m.keras")
     make_dataset(work / "data", {"cats": 6, "dogs": 5})
     for i, stem in enumerate(NASTY_NAMES):
         make_rgb_png(work / "data" / "dogs" / f"{stem}.png", seed=500 + i)
-    si = gather(BuildOptions(model=work / "m.keras", data=work / "data", out=work / "site", quiet=True, units=["c2:1:1:0"]))
-    rename_layers(si, HOSTILE_LAYER_NAMES)
-    write_site(work / "site", assemble_site(si))
+    data = gather(BuildOptions(model=work / "m.keras", data=work / "data", out=work / "site", quiet=True, units=["c2:1:1:0"]))
+    rename_layers(data, HOSTILE_LAYER_NAMES)
+    with SiteFolder(work / "site") as site:
+        render_site(data, site)
+        site.commit()
     return _load_site("hostile", work / "site")
+
+
+@pytest.fixture(scope="session")
+def big_site(tmp_path_factory) -> Site:
+    """ResNet50's layer structure (traced from keras.applications, weights=None, 224 x 224) with
+    hand-made numbers: 174 layers, 91,075 units, a layer of 2,048 units."""
+    import keras
+
+    from fake_report import report_like
+    from reportgen.model import trace_model
+    from reportgen.site.pages import render_site
+    from reportgen.writer import SiteFolder
+
+    traced = trace_model(keras.applications.ResNet50(weights=None, classes=2, input_shape=(224, 224, 3)), "resnet50.keras")
+    data = report_like(traced.info.nodes, (224, 224), n_images=48, top_k=16, heat_side=6, name="resnet50")
+    out = tmp_path_factory.mktemp("browser_big") / "site"
+    with SiteFolder(out) as site:
+        render_site(data, site)
+        site.commit()
+    return _load_site("big", out)
 
 
 SITES = {"demo": "demo_site", "tiny": "tiny_site", "hostile": "hostile_site"}
@@ -331,12 +359,28 @@ _PAGE_INVENTORY = r"""
   const images = [...document.images].map((i) => ({
     src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth, lazy: i.loading === 'lazy'}));
   const ids = [...document.querySelectorAll('[id]')].map((e) => e.id);
+  // CSS background images in use (thumbnail sheets, heatmap atlases): each must decode
+  const backgrounds = new Set();
+  for (const el of document.querySelectorAll('.thumb, .heat')) {
+    const m = getComputedStyle(el).backgroundImage.match(/url\("?(.*?)"?\)/);
+    if (m) backgrounds.add(m[1]);
+  }
   // a linked stylesheet's rules are not readable from file:// (opaque origin): check that it is parsed and applied
   const sheets = [...document.querySelectorAll('link[rel=stylesheet]')].map((l) => l.sheet !== null);
   const styled = getComputedStyle(document.querySelector('header.top')).display === 'flex';
-  return {refs, images, ids, sheets, styled, h1: document.querySelector('h1')?.textContent ?? null};
+  return {refs, images, ids, sheets, styled, backgrounds: [...backgrounds], h1: document.querySelector('h1')?.textContent ?? null};
 }
 """
+
+_DECODES = """async (urls) => {
+  const bad = [];
+  for (const u of urls) {
+    const img = new Image();
+    img.src = u;
+    try { await img.decode(); if (!img.naturalWidth) bad.push(u); } catch (e) { bad.push(u); }
+  }
+  return bad;
+}"""
 
 
 class _IdParser(html.parser.HTMLParser):
@@ -368,9 +412,12 @@ def check_pages(site: Site, w: Watcher, pages: list[str]) -> tuple[list[str], di
     ids: dict[str, set[str]] = {}
     for rel in pages:
         w.goto(rel)
+        if "#unit-" in rel:
+            w.page.wait_for_selector("#unit-view:not([hidden]) ol.gallery")
         inv = w.page.evaluate(_PAGE_INVENTORY)
+        problems += [f"{rel}: background image does not decode: {u}" for u in w.page.evaluate(_DECODES, inv["backgrounds"])]
         inventories[rel] = inv
-        ids[rel] = set(inv["ids"])
+        ids[rel.split("#")[0]] = set(inv["ids"])
         problems += [f"{rel}: {p}" for p in w.take_problems()]
         if not inv["sheets"] or not all(inv["sheets"]) or not inv["styled"]:
             problems.append(f"{rel}: the stylesheet is not loaded or not applied ({inv['sheets']}, styled={inv['styled']})")
@@ -409,81 +456,86 @@ def check_pages(site: Site, w: Watcher, pages: list[str]) -> tuple[list[str], di
 # --------------------------------------------------------------------------------------------------
 
 
+def open_view(w: Watcher, address: str) -> None:
+    w.goto(address)
+    w.page.wait_for_selector("#unit-view:not([hidden]) ol.gallery")
+
+
+def view_title(page) -> str:
+    return page.locator("#unit-view h2").inner_text()
+
+
 def test_pages_load_clean_with_images_and_links(site, mode, watcher):
-    """Every page (tiny) / a sample of every page kind (demo): no errors, images decode, links and anchors resolve."""
-    pages = site.pages() if site.name in ("tiny", "hostile") else site.sample_pages()
-    if site.name in ("tiny", "hostile"):
-        kinds = {p.split("/")[0] for p in pages}
-        assert {"index.html", "layers", "units", "probes"} <= kinds, kinds
+    """Every page, and the first and last unit view of every layer: no errors, images decode, links resolve."""
+    pages = site.pages() + site.unit_addresses()
+    kinds = {p.split("/")[0] for p in pages}
+    assert {"index.html", "layers", "probes"} <= kinds, kinds
     problems, inventories = check_pages(site, watcher, pages)
     assert not problems, f"{site.name} site over {mode}:\n" + "\n".join(problems)
-    # the sample really covers what it should
     assert len(inventories) == len(pages)
-    assert sum(len(inv["images"]) for inv in inventories.values()) > len(pages)
-
-
-def _h1_name(page) -> str:
-    """The h1's own text, without the '(Type)' span and the '· unit N' tail."""
-    return page.evaluate("() => document.querySelector('h1').firstChild.textContent.trim()")
+    assert sum(len(inv["backgrounds"]) for inv in inventories.values()) > len(pages)
 
 
 def test_navigation_by_clicking(site, mode, watcher):
     page = watcher.page
     watcher.goto("index.html")
-    layer_link = page.locator("#layers table.summary td.name a").first
+    layer_link = page.locator(".layer-list .layer-row.map .name a").first
     layer_name = layer_link.inner_text().strip()
     layer_rel = watcher.rel(layer_link.evaluate("a => a.href"))
     layer_link.click()
     page.wait_for_url(watcher.url(layer_rel))
     assert layer_rel.startswith("layers/")
-    assert _h1_name(page) == layer_name
+    assert page.evaluate("() => document.querySelector('h1').firstChild.textContent.trim()") == layer_name
+    assert page.locator("#unit-view").is_hidden()
 
-    # a unit in the "Units" overview
+    # a unit of the list: its view, at its own address
     units = page.locator("#units ol.units li.unit a")
     assert units.count() >= 2
-    unit_link = units.nth(1)
-    channel = int(unit_link.locator(".ch").inner_text())
-    unit_rel = watcher.rel(unit_link.evaluate("a => a.href"))
-    unit_link.click()
-    page.wait_for_url(watcher.url(unit_rel))
-    h1 = page.locator("h1").inner_text()
-    assert f"unit {channel}" in h1 and h1.startswith(layer_name), h1
+    units.nth(1).click()
+    page.wait_for_url(watcher.url(layer_rel) + "#unit-1")
+    page.wait_for_selector("#unit-view:not([hidden])")
+    assert view_title(page).startswith(f"{layer_name} · unit 1")
+    cards = page.locator("#unit-view ol.gallery li.card").count()
+    assert cards == len(site.units(next(l for l in site.report["layers"] if l["name"] == layer_name))[1]["top"])
 
-    # the breadcrumb back to the layer
-    crumb = page.locator("nav.crumbs a:not(.home)")
-    assert crumb.inner_text().strip() == layer_name
-    crumb.click()
-    page.wait_for_url(watcher.url(layer_rel))
-    assert _h1_name(page) == layer_name
-
-    # history
+    # next unit, reload, back, forward
+    page.locator("#unit-view nav a[rel=next]").click()
+    page.wait_for_url(watcher.url(layer_rel) + "#unit-2")
+    assert "unit 2" in view_title(page)
+    page.reload(wait_until="load")
+    page.wait_for_selector("#unit-view:not([hidden])")
+    assert "unit 2" in view_title(page)
     page.go_back(wait_until="load")
-    assert watcher.rel(page.url) == unit_rel
-    assert f"unit {channel}" in page.locator("h1").inner_text()
-    page.go_back(wait_until="load")
-    assert watcher.rel(page.url) == layer_rel
-    page.go_forward(wait_until="load")
-    assert watcher.rel(page.url) == unit_rel
+    assert watcher.rel(page.url).endswith("#unit-1") or page.url.endswith("#unit-1")
+    page.wait_for_function("() => document.querySelector('#unit-view h2') && document.querySelector('#unit-view h2').textContent.includes('unit 1')")
+    page.go_back()
+    page.wait_for_function("() => location.hash === ''")
+    assert page.locator("#unit-view").is_hidden()
+    page.go_forward()
+    page.wait_for_function("() => location.hash === '#unit-1'")
+    assert "unit 1" in view_title(page)
 
-    # "all units" jumps to this unit's card on the layer page
-    page.locator("nav.pager a", has_text="all units").click()
-    page.wait_for_url(watcher.url(layer_rel) + f"#unit-{channel}")
-    assert page.locator(f"#unit-{channel}").is_visible()
+    # the address pasted into a new tab
+    other = page.context.new_page()
+    try:
+        other.goto(watcher.url(layer_rel) + "#unit-2", wait_until="load")
+        other.wait_for_selector("#unit-view:not([hidden])")
+        assert "unit 2" in other.locator("#unit-view h2").inner_text()
+    finally:
+        other.close()
 
-    # a tile of the feature-map grid opens that channel's unit page
+    # a tile of the feature-map grid opens that channel's view
     tiles = page.locator(".fgrid a.tile")
-    assert tiles.count() == len(site.unit_pages(layer_name))
+    assert tiles.count() >= 1
     tile = tiles.nth(tiles.count() - 1)
-    tile_channel = int(tile.get_attribute("title").split()[1])
-    tile_rel = watcher.rel(tile.evaluate("a => a.href"))
+    channel = int(tile.get_attribute("title").split()[1])
     tile.click()
-    page.wait_for_url(watcher.url(tile_rel))
-    assert tile_rel == site.unit_pages(layer_name)[tile_channel]
-    assert f"unit {tile_channel}" in page.locator("h1").inner_text()
-    assert _h1_name(page) == layer_name
+    page.wait_for_url(watcher.url(layer_rel) + f"#unit-{channel}")
+    assert f"unit {channel}" in view_title(page)
 
-    # the probe page is reachable from the index
-    watcher.goto("index.html")
+    # the breadcrumb home, then the probe page
+    page.locator("nav.crumbs a.home").click()
+    page.wait_for_url(watcher.url("index.html"))
     probe = page.locator("#probes a").first
     probe_rel = watcher.rel(probe.evaluate("a => a.href"))
     probe.click()
@@ -501,7 +553,7 @@ _GRID_DISPLAYS = "() => [...document.querySelectorAll('ol.gallery .frame')].map(
 
 def test_overlay_toggles(site, mode, watcher):
     page = watcher.page
-    watcher.goto(site.heat_unit_page())
+    open_view(watcher, site.heat_unit())
     n_cards = page.locator("ol.gallery li.card").count()
     assert n_cards > 0
 
@@ -527,19 +579,8 @@ def test_overlay_toggles(site, mode, watcher):
     assert heat and set(heat) == {"none"}, "heatmaps are hidden until asked for"
     page.check("#show-heat")
     assert set(page.evaluate(_DISPLAYS, ".frame .heat")) == {"block"}
-    # the heat sprite behind them is a real image
-    sprite = page.evaluate(
-        """async () => {
-          const bg = getComputedStyle(document.querySelector('.frame .heat')).backgroundImage;
-          const m = bg.match(/url\\("?(.*?)"?\\)/);
-          if (!m) return {bg, width: 0};
-          const img = new Image();
-          img.src = m[1];
-          try { await img.decode(); } catch (e) { return {bg, width: -1}; }
-          return {bg, width: img.naturalWidth};
-        }"""
-    )
-    assert sprite["width"] > 0, f"heat sprite does not load: {sprite}"
+    atlases = page.evaluate("() => [...new Set([...document.querySelectorAll('.frame .heat')].map((e) => getComputedStyle(e).backgroundImage.match(/url\\(\"?(.*?)\"?\\)/)[1]))]")
+    assert atlases and page.evaluate(_DECODES, atlases) == []
     page.uncheck("#show-heat")
     assert set(page.evaluate(_DISPLAYS, ".frame .heat")) == {"none"}
 
@@ -554,52 +595,105 @@ def test_overlay_toggles(site, mode, watcher):
     assert not problems, "\n".join(problems)
 
 
+def _responsive_big_layer(w: Watcher, site: Site, layer: dict) -> None:
+    page = w.page
+    started = time.perf_counter()
+    w.goto(layer["page"])
+    wall = time.perf_counter() - started
+    load_ms = page.evaluate("() => performance.getEntriesByType('navigation')[0].loadEventEnd")
+    assert 0 < load_ms < 3000, f"{layer['page']} took {load_ms:.0f} ms to load"
+    assert wall < 3, f"{layer['page']}: goto took {wall:.2f} s"
+    ids = page.evaluate("() => [...document.querySelectorAll('#units ol.units li.unit')].map((li) => li.id)")
+    assert ids == [f"unit-{i}" for i in range(layer["units"])]
+    assert page.locator("#units ol.units li.unit a .thumb").count() == layer["units"], "every unit shows its best image"
+    started = time.perf_counter()
+    page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
+    page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    assert time.perf_counter() - started < 1.0
+    last = layer["units"] - 1
+    page.locator(f"#unit-{last} a").click()
+    page.wait_for_url(w.url(layer["page"]) + f"#unit-{last}")
+    page.wait_for_selector("#unit-view:not([hidden]) ol.gallery")
+    assert f"unit {last}" in view_title(page)
+    problems, _ = check_pages(site, w, [layer["page"], f"{layer['page']}#unit-{last}"])
+    problems += w.take_problems()
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("wide_mode", ["file", "http"])
 def test_500_unit_layer_page_is_responsive(browser, wide_site, wide_mode, servers):
-    base = base_url(wide_site, wide_mode, servers)
-    (layer_rel,) = wide_site.layer_pages()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        w = Watcher(context.new_page(), base)
+        w = Watcher(context.new_page(), base_url(wide_site, wide_mode, servers))
+        (layer,) = wide_site.report["layers"]
+        assert layer["units"] == WIDE_UNITS
+        _responsive_big_layer(w, wide_site, layer)
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("big_mode", ["file", "http"])
+def test_resnet50_sized_site(browser, big_site, big_mode, servers):
+    """Every unit is reachable by clicking from the index; a layer of 2,048 units opens and scrolls;
+    the index's filter and unit jump work."""
+    layers = big_site.report["layers"]
+    assert len(layers) == 174 and sum(layer["units"] for layer in layers) == 91075
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        w = Watcher(context.new_page(), base_url(big_site, big_mode, servers))
         page = w.page
-        started = time.perf_counter()
-        w.goto(layer_rel)
-        wall = time.perf_counter() - started
-        load_ms = page.evaluate("() => performance.getEntriesByType('navigation')[0].loadEventEnd")
-        assert 0 < load_ms < 3000, f"{layer_rel} took {load_ms:.0f} ms to load"
-        assert wall < 3, f"{layer_rel}: goto took {wall:.2f} s"
-
-        cards = page.evaluate(
-            """() => [...document.querySelectorAll('#units ol.units li.unit')].map((li) => {
-                 const img = li.querySelector('img');
-                 return {id: li.id, img: !!img, ok: !!img && img.complete && img.naturalWidth > 0};
-               })"""
-        )
-        assert len(cards) == WIDE_UNITS
-        assert [c["id"] for c in cards] == [f"unit-{i}" for i in range(WIDE_UNITS)]
-        assert all(c["img"] for c in cards), "every unit card shows its best image"
-        bad = [c["id"] for c in cards if not c["ok"]]
-        assert not bad, f"unit images that do not decode: {bad[:10]} ({len(bad)} in all)"
-        assert page.locator(".fgrid a.tile").count() == WIDE_UNITS
-
-        # still responsive: scroll to the end, and the last unit opens by click
-        started = time.perf_counter()
-        page.evaluate("() => window.scrollTo(0, document.body.scrollHeight)")
-        page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))")
-        assert time.perf_counter() - started < 1.0
-        last = page.locator(f"#unit-{WIDE_UNITS - 1} a")
-        last.click()
-        page.wait_for_url(w.url(wide_site.unit_pages("wide")[-1]))
-        assert f"unit {WIDE_UNITS - 1}" in page.locator("h1").inner_text()
-
-        problems, _ = check_pages(wide_site, w, [layer_rel])
-        problems += w.take_problems()
+        w.goto("index.html")
+        links = page.evaluate("() => [...document.querySelectorAll('.layer-row.map .name a')].map((a) => a.href)")
+        assert sorted(w.rel(h) for h in links) == sorted(layer["page"] for layer in layers)
+        # every layer page holds a link to every one of its units (file:// visits them all; http a sample)
+        sample = layers if big_mode == "file" else layers[:: 25]
+        for layer in sample:
+            w.goto(layer["page"])
+            hrefs = page.evaluate("() => [...document.querySelectorAll('#units li.unit > a')].map((a) => a.getAttribute('href'))")
+            assert hrefs == [f"#unit-{c}" for c in range(layer["units"])], layer["name"]
+        widest = max(layers, key=lambda layer: layer["units"])
+        assert widest["units"] == 2048
+        _responsive_big_layer(w, big_site, widest)
+        # the filter folds to matching layers; the jump opens a unit by name
+        w.goto("index.html")
+        page.fill("#layer-filter", "conv5_block3_3")
+        visible = page.evaluate("() => [...document.querySelectorAll('.layer-row')].filter((r) => r.offsetParent !== null).map((r) => r.dataset.name)")
+        assert visible and all("conv5_block3_3" in name for name in visible)
+        page.fill("#unit-jump", f"{widest['name']}:2047")
+        page.click("#unit-go")
+        page.wait_for_url(w.url(widest["page"]) + "#unit-2047")
+        page.wait_for_selector("#unit-view:not([hidden])")
+        assert "unit 2047" in view_title(page)
+        problems = w.take_problems()
         assert not problems, "\n".join(problems)
     finally:
         context.close()
 
 
-def test_screenshots(browser, demo_site, tiny_site, wide_site):
+def test_without_javascript_layer_pages_show_every_best_image(browser, tiny_site, big_site):
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 900})
+    try:
+        page = context.new_page()
+        for site in (tiny_site, big_site):
+            layer = max(site.report["layers"], key=lambda layer: layer["units"])
+            page.goto((site.root / layer["page"]).resolve().as_uri(), wait_until="load")
+            assert "need JavaScript" in page.inner_text("#units")
+            thumbs = page.evaluate("() => [...document.querySelectorAll('#units li.unit .thumb')].map((t) => getComputedStyle(t).backgroundImage)")
+            assert len(thumbs) == layer["units"] and all(t.startswith("url(") for t in thumbs)
+    finally:
+        context.close()
+    context = browser.new_context()  # the sheets those thumbnails come from decode
+    try:
+        page = context.new_page()
+        layer = tiny_site.report["layers"][0]
+        page.goto((tiny_site.root / layer["page"]).resolve().as_uri(), wait_until="load")
+        sheets = page.evaluate("() => [...new Set([...document.querySelectorAll('#units .thumb')].map((t) => getComputedStyle(t).backgroundImage.slice(5, -2)))]")
+        assert sheets and page.evaluate(_DECODES, sheets) == []
+    finally:
+        context.close()
+
+
+def test_screenshots(browser, demo_site, tiny_site, wide_site, big_site):
     """Full-page screenshots of each page kind of each site, as test artifacts."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -607,24 +701,20 @@ def test_screenshots(browser, demo_site, tiny_site, wide_site):
         page = context.new_page()
         written = []
         for site in (demo_site, tiny_site):
-            layer = site.report["layers"][0]
-            kinds = {
-                "index": "index.html",
-                "layer": layer["page"],
-                "unit": site.heat_unit_page(),
-                "probe": site.probe_pages()[0],
-            }
+            kinds = {"index": "index.html", "layer": site.report["layers"][0]["page"], "unit": site.heat_unit(), "probe": site.probe_pages()[0]}
             for kind, rel in kinds.items():
-                page.goto((site.root / rel).resolve().as_uri(), wait_until="load")
+                page.goto((site.root / rel.split("#")[0]).resolve().as_uri() + ("#" + rel.split("#")[1] if "#" in rel else ""), wait_until="load")
                 if kind == "unit":
+                    page.wait_for_selector("#unit-view:not([hidden])")
                     page.check("#show-heat")  # shows the overlays and the heatmap
                 path = SCREENSHOTS / f"{site.name}-{kind}.png"
-                page.screenshot(path=str(path), full_page=True)
+                page.screenshot(path=str(path), full_page=kind != "layer" or site.name != "big")
                 written.append(path)
-        page.goto((wide_site.root / wide_site.layer_pages()[0]).resolve().as_uri(), wait_until="load")
-        path = SCREENSHOTS / "wide-layer.png"
-        page.screenshot(path=str(path), full_page=True)
-        written.append(path)
+        for site, rel, name in ((wide_site, wide_site.layer_pages()[0], "wide-layer"), (big_site, "index.html", "big-index")):
+            page.goto((site.root / rel).resolve().as_uri(), wait_until="load")
+            path = SCREENSHOTS / f"{name}.png"
+            page.screenshot(path=str(path), full_page=True)
+            written.append(path)
     finally:
         context.close()
     for path in written:
@@ -633,15 +723,18 @@ def test_screenshots(browser, demo_site, tiny_site, wide_site):
 
 def test_hostile_names_are_text_and_run_no_script(browser, hostile_site, mode, servers):
     """A layer called <img src=x onerror=alert(1)> and a file called "><img src=x onerror=alert(2)>.png
-    show as text on every page, and no script runs (no dialog opens)."""
+    show as text on every page and unit view, and no script runs (no dialog opens)."""
     context = browser.new_context()
     page = context.new_page()
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
     base = base_url(hostile_site, mode, servers)
     seen_layer = seen_file = False
-    for rel in hostile_site.pages():
+    addresses = hostile_site.pages() + [f"{layer['page']}#unit-{c}" for layer in hostile_site.report["layers"] for c in range(layer["units"])]
+    for rel in addresses:
         page.goto(base + rel, wait_until="load")
+        if "#unit-" in rel:
+            page.wait_for_selector("#unit-view:not([hidden])")
         text = page.inner_text("body")
         seen_layer |= HOSTILE_LAYER_NAMES["c1"] in text
         seen_file |= '"><img src=x onerror=alert(2)>.png' in text
