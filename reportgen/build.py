@@ -21,7 +21,7 @@ from reportgen.errors import UserError
 from reportgen.images import to_uint8
 from reportgen.receptive import receptive_fields
 from reportgen.report import ChosenImage, ReportData
-from reportgen.stats import as_probabilities, classification_mode, prediction_text
+from reportgen.stats import as_probabilities, classification_mode, predicted_classes, prediction_text
 from reportgen.writer import SiteFolder, check_target
 
 log = logging.getLogger("reportgen")
@@ -44,6 +44,9 @@ class BuildOptions:
     interpolation: str = "nearest"
     input_size: tuple[int, int] | None = None  # for models whose input height/width are not fixed
     layers: list[str] = field(default_factory=list)  # glob patterns ("!" excludes) of the layers to show
+    max_gallery: int = 64  # images per confusion cell's gallery
+    cam_layer: str | None = None  # the layer Grad-CAM reads (default: the last with a map larger than 1 x 1)
+    relevance: bool = False  # the extra pass: every unit's contribution to each class
     output: str | None = None  # which output to evaluate, for models with several
     unsafe: bool = False
     quiet: bool = False
@@ -215,6 +218,7 @@ def gather(opts: BuildOptions) -> ReportData:
         )
         for i, (shown, label, _) in enumerate(picked)
     ]
+    explained = explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode)
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
 
@@ -231,6 +235,9 @@ def gather(opts: BuildOptions) -> ReportData:
         "images": [shown for shown, _, _ in picked] if opts.images else "one drawn at random (seed)",
         "units": list(opts.units),
         "layers": list(opts.layers),
+        "max_gallery": opts.max_gallery,
+        "cam_layer": explained.cam_layer if explained else opts.cam_layer,
+        "relevance": opts.relevance,
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
     traced.info.path = opts.model_label or str(opts.model)
@@ -247,4 +254,44 @@ def gather(opts: BuildOptions) -> ReportData:
         data_label=opts.data_label or str(dataset.root),
         preprocessing=preprocessing,
         warnings=warnings,
+        explained=explained,
     )
+
+
+def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str):
+    """Mistakes, class activation maps and (with --relevance) the relevance pass; None without labels."""
+    if scan.predictions is None:
+        return None
+    from reportgen.engines.explain import CamStep, cam_layer, class_activation_maps, relevance_pass
+    from reportgen.images import make_thumbnail
+    from reportgen.mistakes import select_galleries
+    from reportgen.report import Explained
+
+    predictions = scan.predictions
+    galleries = select_galleries(predictions, len(dataset.classes), opts.max_gallery)
+    layer = cam_layer(traced, opts.cam_layer)
+    binary = mode == "binary"
+    shown = sorted(galleries.shown())
+    targets = {i: (int(predictions.predicted[i]), int(predictions.labels[i])) for i in shown}
+    log.info("class activation maps of the %d images the pages of mistakes show (at %s)", len(shown), layer.name)
+    cams, decoded, _ = class_activation_maps(traced, dataset, shown, targets, preprocessing, layer, binary, opts.batch_size)
+    thumbnails = {i: make_thumbnail(px) for i, px in decoded.items() if i not in scan.thumbnails}
+    # the chosen images: their predicted class, and their class folder's when they have one
+    step = CamStep(traced, layer, preprocessing, binary)
+    chosen_pred = predicted_classes(scores, mode, traced.info.head.logits)
+    chosen_targets = [(int(p), dataset.class_indices.get(label, int(p)) if label else int(p)) for p, (_, label, _) in zip(chosen_pred, picked)]
+    chosen_cams = step(pixels, np.array(chosen_targets))
+    relevance = None
+    if opts.relevance:
+        relevance = relevance_pass(traced, dataset, predictions, top_k=opts.top_k, batch_size=opts.batch_size,
+                                   preprocessing=preprocessing, binary=binary, quiet=opts.quiet)
+    return Explained(cam_layer=layer.name, galleries=galleries, predictions=predictions, cams={i: _quantise(c) for i, c in cams.items()},
+                     targets=targets, thumbnails=thumbnails, chosen_cams=[_quantise(c) for c in chosen_cams],
+                     chosen_targets=chosen_targets, relevance=relevance)
+
+
+def _quantise(cams: np.ndarray) -> np.ndarray:
+    """[2, h, w] float -> uint8, each map scaled to its own maximum (255)."""
+    top = cams.reshape(len(cams), -1).max(axis=1)
+    scaled = np.where(top[:, None, None] > 0, cams / np.where(top > 0, top, 1)[:, None, None], 0.0)
+    return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)

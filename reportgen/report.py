@@ -235,6 +235,21 @@ class Thumbnail:
 
 
 @dataclass
+class Predictions:
+    """Every image's prediction from the pass, by dataset index (read False: skipped or unlabelled pass).
+    Probabilities: the model's output, or sigmoid/softmax of its logits; a single sigmoid output
+    counts as two classes (1 - p, p)."""
+
+    read: np.ndarray  # bool [images]
+    labels: np.ndarray  # int64 [images]: true class, -1 when unknown
+    predicted: np.ndarray  # int64 [images]
+    confidence: np.ndarray  # float32 [images]: probability of the predicted class
+    true_score: np.ndarray  # float32 [images]: probability of the true class
+    top: np.ndarray  # int32 [images, t]: the t most probable classes (t = min(5, classes))
+    top_scores: np.ndarray  # float32 [images, t]
+
+
+@dataclass
 class ScanResult:
     """What the one pass over the dataset found."""
 
@@ -245,6 +260,7 @@ class ScanResult:
     skipped: list = field(default_factory=list)  # dataset.Skipped: files that could not be read
     thumbnails: dict[int, Thumbnail] = field(default_factory=dict)  # every image in some top K
     heat_side: int = 0  # the largest heatmap side
+    predictions: Predictions | None = None  # when the dataset has labels the model's output can be scored against
 
 
 @dataclass
@@ -284,6 +300,21 @@ def to_json(data: dict) -> bytes:
 
 
 @dataclass
+class Explained:
+    """Why the model decides: the galleries of mistakes, their class activation maps, relevance."""
+
+    cam_layer: str
+    galleries: object  # mistakes.Galleries
+    predictions: Predictions
+    cams: dict[int, np.ndarray]  # dataset index -> uint8 [2, h, w]: Grad-CAM for (predicted, true class), 255 = its max
+    targets: dict[int, tuple[int, int]]  # dataset index -> (predicted class, true class)
+    thumbnails: dict[int, Thumbnail]  # the shown images that no unit's top K already holds
+    chosen_cams: list[np.ndarray]  # per chosen image, uint8 [2, h, w]
+    chosen_targets: list[tuple[int, int]]
+    relevance: dict | None = None  # layer -> engines.explain.LayerRelevance, with --relevance
+
+
+@dataclass
 class ReportData:
     """Everything the site shows, gathered before anything is written. Plain data: no tensors."""
 
@@ -299,3 +330,4 @@ class ReportData:
     data_label: str = ""  # how the dataset root is shown
     preprocessing: object = None  # model.preprocess.Preprocessing: what was fed to the model
     warnings: list[str] = field(default_factory=list)  # shown on the index: never a silent guess
+    explained: Explained | None = None  # mistakes, class activation maps, relevance (labelled datasets)

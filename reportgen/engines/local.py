@@ -21,7 +21,7 @@ from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
 from reportgen.model.tf import tf
 from reportgen.report import LayerUnits, Metrics, ProbeResult, ScanResult, Thumbnail, TopEntry
-from reportgen.stats import ConfusionCounter, StreamingHistograms, classification_mode, predicted_classes
+from reportgen.stats import ConfusionCounter, PredictionStore, StreamingHistograms, classification_mode, predicted_classes
 
 log = logging.getLogger("reportgen")
 
@@ -51,6 +51,7 @@ def scan_dataset(
     mode, note = classification_mode(traced.info.num_outputs, len(dataset.classes))
     confusion = ConfusionCounter(len(dataset.classes)) if mode != "none" else None
     logits = bool(traced.info.head and traced.info.head.logits)
+    predictions = PredictionStore(len(dataset.records), len(dataset.classes), mode, logits) if confusion is not None else None
     labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
     per_image_loss = PerImageLoss(traced.loss, mode, traced.info.num_outputs, labels)
     miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, per_image_loss, side=heat_side)
@@ -68,7 +69,9 @@ def scan_dataset(
             thumbnails[int(indices[b])] = make_thumbnail(pixels[b])
         if confusion is not None:
             batch_labels = labels[indices]
-            confusion.update(batch_labels, predicted_classes(preds.numpy(), mode, logits))
+            raw = preds.numpy()
+            confusion.update(batch_labels, predicted_classes(raw, mode, logits))
+            predictions.update(indices, batch_labels, raw)
             loss_sum[0] += float(np.sum(losses.numpy(), dtype=np.float64))
             loss_sum[1] += len(indices)
 
@@ -129,7 +132,7 @@ def scan_dataset(
     else:
         metrics = Metrics(accuracy=None, loss=None, per_class={}, confusion=None, note=note, evaluated=0, mode=mode)
     return ScanResult(units=units, probes=probe_results, metrics=metrics, num_images=seen, skipped=skipped,
-                      thumbnails=thumbnails, heat_side=miner.side)
+                      thumbnails=thumbnails, heat_side=miner.side, predictions=predictions.result() if predictions else None)
 
 
 def _keep_only(thumbnails: dict, ids: np.ndarray) -> None:

@@ -43,6 +43,15 @@ class TracedModel:
     tap: keras.Model  # outputs: [classification output] + [one per map layer, in `map_layers` order]
     map_layers: list[LayerNode]
     loss: LossSpec  # the loss of the evaluated output, as compiled (or "not computed" with a reason)
+    input: object = None  # the KerasTensor every traced tensor is computed from
+    tensors: dict = None  # qualified layer name -> its output KerasTensor (every layer, shown or not)
+    all_map_layers: list = None  # every layer with a 4-D output, also those --layers leaves out
+    logits: object = None  # the evaluated output before its sigmoid/softmax (the output itself for logits)
+
+    def model_of(self, names: list[str], with_logits: bool = True, name: str = "reportgen_view"):
+        """A model from the traced input to [logits] + the named layers' outputs (public Keras API)."""
+        outputs = ([self.logits] if with_logits else []) + [self.tensors[n] for n in names]
+        return keras.Model(inputs=self.input, outputs=outputs, name=name)
 
 
 def _pair(value, default=1) -> tuple[int, int]:
@@ -349,6 +358,7 @@ def trace_model(
     tracer = _Tracer()
     x = keras.Input(shape=(spec.height, spec.width, spec.channels), name="reportgen_input")
     tracer.producer[id(x)] = ""
+    tracer.input = x
     output_value = tracer.trace(model, [x], "", 0, None)
     outputs = _flatten(output_value)
     names = _output_names(tracer, outputs)
@@ -365,6 +375,7 @@ def trace_model(
     map_layers = [n for n in tracer.nodes if n.is_map]
     if not map_layers:
         raise UserError(f"{path}: the model has no layer with a 4-D (height, width, channels) output to show")
+    all_map_layers = list(map_layers)
     if layers:
         chosen_names = select_layers([n.name for n in map_layers], layers)
         for node in map_layers:
@@ -394,4 +405,32 @@ def trace_model(
         outputs=names,
         run_input_shape=(None, spec.height, spec.width, spec.channels),
     )
-    return TracedModel(model=model, info=info, spec=spec, tap=tap, map_layers=map_layers, loss=loss)
+    logits = final if head.logits else _logits_of(tracer, tracer.producer.get(id(final), ""), final)
+    return TracedModel(model=model, info=info, spec=spec, tap=tap, map_layers=map_layers, loss=loss, input=x,
+                       tensors=dict(tracer.tensors), all_map_layers=all_map_layers, logits=logits)
+
+
+def _logits_of(tracer: "_Tracer", name: str, output):
+    """The output before its last sigmoid/softmax: that layer's input for an Activation/Softmax layer,
+    or the same layer again with a linear activation (its own weights). The output itself otherwise."""
+    chain = _chain_back(tracer, name)
+    if not chain:
+        return output
+    layer = chain[0]
+    node = next((n for n in tracer.nodes if tracer.layers.get(n.name) is layer), None)
+    if node is None or len(node.inputs) != 1:
+        return output
+    source = tracer.tensors.get(node.inputs[0]) if node.inputs[0] else tracer.input
+    kind = type(layer).__name__
+    try:
+        cfg = layer.get_config()
+    except Exception:
+        return output
+    if kind == "Softmax" or (kind == "Activation" and str(cfg.get("activation")) in ("softmax", "sigmoid")):
+        return source
+    if str(cfg.get("activation")) in ("softmax", "sigmoid") and hasattr(layer, "get_weights"):
+        twin = type(layer).from_config({**cfg, "activation": "linear", "name": f"{layer.name}_logits"})
+        twin.build(tuple(source.shape))
+        twin.set_weights(layer.get_weights())
+        return twin(source)
+    return output

@@ -60,8 +60,9 @@ def _clean_reads(value):
     return value
 
 
-def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw: tuple[int, int], top_k: int) -> bytes:
-    """data/<layer>.js. heat: {"shape": [h, w], "atlases": [path], "tiles": [[atlas, row] per channel]}."""
+def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw: tuple[int, int], top_k: int, relevance=None) -> bytes:
+    """data/<layer>.js. heat: {"shape": [h, w], "atlases": [path], "tiles": [[atlas, row] per channel]};
+    relevance: engines.explain.LayerRelevance (--relevance) or None."""
     head = {
         "schema_version": SCHEMA_VERSION,
         "layer": node.name,
@@ -75,6 +76,9 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
     }
     values = _f32(units.values)
     hist_hi = units.hist_hi.tolist()
+    if relevance is not None:
+        rel_values = _f32(relevance.values)
+        head["relevance"] = "per unit: top = images ranked by the unit's contribution to their predicted class; drives = [class, mean contribution]"
     parts = []
     for c in range(units.channels):
         n = int((units.images[c] >= 0).sum())
@@ -85,10 +89,18 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         while counts and counts[-1] == 0:
             counts.pop()
         tile = heat["tiles"][c]
+        extra = ""
+        if relevance is not None:
+            m = int((relevance.images[c] >= 0).sum())
+            rel_top = ",".join(f"[{int(relevance.images[c, j])},{rel_values[c][j]},{int(relevance.rows[c, j])},{int(relevance.cols[c, j])}]"
+                               for j in range(m))
+            means = relevance.by_class[c]
+            drives = [[int(k), float(f"{means[k]:.6g}")] for k in np.argsort(-means, kind="stable")[:5] if means[k] > 0]
+            extra = f',"relevance":{{"top":[{rel_top}],"drives":{_compact(drives)}}}'
         parts.append(
             f'{{"channel":{c},"max":{values[c][0] if n else "null"},"dead":{"true" if units.dead[c] else "false"},'
             f'"top":[{top}],"heat":{_compact(tile)},'
-            f'"histogram":{{"nonpositive":{int(units.hist_nonpositive[c])},"hi":{json.dumps(hist_hi[c])},"counts":{_compact(counts)}}}}}'
+            f'"histogram":{{"nonpositive":{int(units.hist_nonpositive[c])},"hi":{json.dumps(hist_hi[c])},"counts":{_compact(counts)}}}{extra}}}'
         )
     body = json.dumps(head, separators=(",", ":"))[:-1] + ',"units":[\n' + ",\n".join(parts) + "]}"
     return _js("layer", body)
@@ -99,9 +111,22 @@ def images_file(table: dict) -> bytes:
     return _js("images", json.dumps(table, separators=(",", ":"), ensure_ascii=False))
 
 
-def report_json(data, layer_rows: list[dict]) -> bytes:
+def predictions_file(data) -> bytes:
+    """data/predictions.json: every image's prediction (the pages do not need it; scripts do)."""
+    p, records, classes = data.explained.predictions, data.dataset.records, data.dataset.classes
+    rows = []
+    for i in np.nonzero(p.read)[0]:
+        top = [[classes[int(k)], float(f"{v:.6g}")] for k, v in zip(p.top[i], p.top_scores[i]) if k >= 0]
+        label = int(p.labels[i])
+        rows.append([records[i].rel, classes[label] if label >= 0 else None, classes[int(p.predicted[i])],
+                     float(f"{p.confidence[i]:.6g}"), float(f"{p.true_score[i]:.6g}") if label >= 0 else None, top])
+    body = {"columns": ["path", "label", "predicted", "confidence", "true_class_probability", "top"], "classes": classes, "images": rows}
+    return (json.dumps(body, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def report_json(data, layer_rows: list[dict], errors: list[dict] | None = None) -> bytes:
     """report.json from the gathered data. layer_rows: per map layer, the numbers computed while
-    writing its files (sparsity of the chosen images, dead units)."""
+    writing its files (sparsity of the chosen images, dead units); errors: the mistakes the pages show."""
     info, dataset, scan = data.info, data.dataset, data.scan
     records = dataset.records
     m = scan.metrics
@@ -156,7 +181,15 @@ def report_json(data, layer_rows: list[dict]) -> bytes:
                  "logits": img.raw_scores}
                 for img in data.chosen
             ],
-            "files": {"images": "data/images.js", "format": "data/*.js hold JSON as reportgen.layer(<JSON>); / reportgen.images(<JSON>);"},
+            "files": {"images": "data/images.js", "format": "data/*.js hold JSON as reportgen.layer(<JSON>); / reportgen.images(<JSON>);",
+                      "predictions": "data/predictions.json" if data.explained else None},
+            "explain": None if not data.explained else {
+                "cam_layer": data.explained.cam_layer,
+                "relevance": data.explained.relevance is not None,
+                "errors_total": data.explained.galleries.errors_total,
+                "errors_shown": len(errors or []),
+            },
+            "errors": errors or [],
             "layers": layer_rows,
             "probes": [
                 {"layer": p.layer, "row": p.row, "col": p.col, "channel": p.channel, "page": probe_page(p.layer, p.row, p.col, p.channel),

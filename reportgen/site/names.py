@@ -50,3 +50,13 @@ def relative_url(from_page: str, target: str) -> str:
 
 def shape_text(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def class_page(index: int, name: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-")[:40] or "class"
+    return f"classes/{index}-{readable}.html"
+
+
+def cell_page(true: int, predicted: int) -> str:
+    """The gallery of one confusion cell: images of class `true` predicted as `predicted`."""
+    return f"mistakes/{true}-{predicted}.html"

@@ -17,10 +17,11 @@ import numpy as np
 from reportgen import __version__
 from reportgen.images import encode_thumbnail
 from reportgen.site import data as site_data
+from reportgen.images import encode_png, heat_atlas
 from reportgen.site.assets import HeatAtlases, grid_channels, write_feature_grid, write_thumbnail_sheets
 from reportgen.site.links import Links
-from reportgen.site.names import content_path, layer_data, layer_page, probe_page, shape_text
-from reportgen.site.views import IndexRow, LayerView, Pattern, cards, grid_view, group_rows, unit_lines
+from reportgen.site.names import cell_page, class_page, content_path, layer_data, layer_page, probe_page, shape_text, unit_address
+from reportgen.site.views import IndexRow, LayerView, Pattern, cam_cards, cards, grid_view, group_rows, unit_lines
 
 log = logging.getLogger("reportgen")
 
@@ -116,7 +117,12 @@ class Renderer:
         data = self.data
         for path, content in static_files().items():
             self.site.write(path, content)
-        self.tiles = write_thumbnail_sheets(self.site, data.scan.thumbnails)
+        explained = data.explained
+        thumbnails = dict(data.scan.thumbnails)
+        if explained:
+            thumbnails.update(explained.thumbnails)
+        self.tiles = write_thumbnail_sheets(self.site, thumbnails)
+        self.class_pages = [class_page(i, name) for i, name in enumerate(self.classes)] if explained else []
         self.site.write("data/images.js", site_data.images_file(self.image_table()))
         chosen = self.chosen_views()
         atlases = HeatAtlases(self.site)
@@ -128,8 +134,12 @@ class Renderer:
             rows[node.name] = IndexRow(node, view.page, units.channels, int(units.dead.sum()), sparsity[0] if sparsity else None, view.rf)
             report_layers.append(site_data.layer_row(node, units, view.rf, sparsity))
         probes = [self.probe(p) for p in data.scan.probes]
+        shown_errors = []
+        if explained:
+            shown_errors = self.mistakes()
+            self.site.write("data/predictions.json", site_data.predictions_file(data))
         self.index(chosen, [rows[n.name] for n in data.info.nodes], probes)
-        report = site_data.report_json(data, report_layers)
+        report = site_data.report_json(data, report_layers, shown_errors)
         self.site.write("report.json", report)
         self.site.write(".nojekyll", b"")
         broken = self.links.broken(self.site.written)
@@ -150,25 +160,98 @@ class Renderer:
         sheet_sizes = {}
         for tile in self.tiles.values():
             sheet_sizes[tile.sheet] = [tile.columns, tile.rows]
-        return {"classes": self.classes, "sheets": sheets, "sheet_tiles": [sheet_sizes[s] for s in sheets],
+        return {"classes": self.classes, "class_pages": self.class_pages, "sheets": sheets, "sheet_tiles": [sheet_sizes[s] for s in sheets],
                 "input_hw": list(self.input_hw), "images": images, "columns": first.columns if first else 0}
 
     def chosen_views(self) -> list[dict]:
         views = []
+        explained = self.data.explained
+        atlas = None
+        if explained and explained.chosen_cams:
+            atlas = self.cam_atlas("chosen", np.stack(explained.chosen_cams))
         for i, img in enumerate(self.data.chosen):
             content, ext = encode_thumbnail(img.pixels)
+            cam = None
+            if atlas:
+                predicted, true = explained.chosen_targets[i]
+                cam = {"atlas": atlas, "row": i, "rows": len(self.data.chosen), "predicted": self.classes[predicted],
+                       "true": self.classes[true] if img.label is not None else None}
             views.append({
                 "number": i + 1, "path": img.path, "label": img.label, "prediction": img.prediction,
-                "thumb": self.site.write(content_path("img", content, ext), content),
+                "thumb": self.site.write(content_path("img", content, ext), content), "cam": cam,
             })
         return views
+
+    def cam_atlas(self, stem: str, cams: np.ndarray) -> str:
+        """Class activation maps [n, 2, h, w] (predicted class, true class) as one grey atlas."""
+        data = encode_png(heat_atlas(cams))
+        return self.site.write(content_path("cams", data, "png", stem), data)
+
+    def mistakes(self) -> list[dict]:
+        """A page per confusion cell and per class; returns the mistakes shown (for report.json)."""
+        data, explained = self.data, self.data.explained
+        galleries, records, p = explained.galleries, data.dataset.records, explained.predictions
+        cam_layer = explained.cam_layer
+        shown_errors = []
+        matrix = data.scan.metrics.confusion or []
+        for (t, q), gallery in sorted(galleries.cells.items()):
+            atlas = self.gallery_atlas(f"cell{t}-{q}", gallery.images)
+            self.render("cell.html", cell_page(t, q), row_class=t, column_class=q, gallery=gallery, cam_layer=cam_layer,
+                        cards=cam_cards(gallery.images, explained, records, self.classes, self.tiles, atlas),
+                        class_pages=self.class_pages, classes=self.classes)
+            if t != q:
+                shown_errors += [{"image": records[i].rel, "label": self.classes[t], "predicted": self.classes[q],
+                                  "confidence": float(p.confidence[i])} for i in gallery.images]
+        units = self.contributing_units()
+        for c, name in enumerate(self.classes):
+            most, least = galleries.most.get(c), galleries.least.get(c)
+            atlas = self.gallery_atlas(f"class{c}", sorted(set((most.images if most else []) + (least.images if least else []))))
+            row = matrix[c] if c < len(matrix) else []
+            self.render("class.html", self.class_pages[c], index=c, name=name, classes=self.classes, row=row,
+                        cells={q: cell_page(c, q) for q in range(len(self.classes)) if (c, q) in galleries.cells},
+                        accuracy=data.scan.metrics.per_class.get(name), count=int(sum(row)) if row else 0, cam_layer=cam_layer,
+                        most=cam_cards(most.images, explained, records, self.classes, self.tiles, atlas) if most else [],
+                        least=cam_cards(least.images, explained, records, self.classes, self.tiles, atlas) if least else [],
+                        units=units.get(c, []), relevance=explained.relevance is not None)
+        return shown_errors
+
+    def gallery_atlas(self, stem: str, images: list[int]):
+        cams = self.data.explained.cams
+        images = [i for i in images if i in cams]
+        if not images:
+            return None
+        return self.cam_atlas(stem, np.stack([cams[i] for i in images])), images
+
+    def contributing_units(self, per_class: int = 24) -> dict[int, list[dict]]:
+        """Per class, the units with the largest mean contribution to it (--relevance), over every layer."""
+        relevance = self.data.explained.relevance
+        if not relevance:
+            return {}
+        names = list(relevance)
+        stacked = np.concatenate([relevance[n].by_class for n in names])  # [units, classes]
+        owners = [(n, c) for n in names for c in range(relevance[n].by_class.shape[0])]
+        out = {}
+        for k in range(stacked.shape[1]):
+            order = np.argsort(-stacked[:, k], kind="stable")[:per_class]
+            rows = []
+            for u in order:
+                if stacked[u, k] <= 0:
+                    break
+                layer, channel = owners[u]
+                units = self.data.scan.units[layer]
+                best = int(units.images[channel, 0])
+                rows.append({"layer": layer, "channel": channel, "value": float(stacked[u, k]), "address": unit_address(layer, channel),
+                             "best": self.tiles.get(best) if best >= 0 else None})
+            out[k] = rows
+        return out
 
     def layer(self, position: int, node, atlases: HeatAtlases, chosen: list[dict]) -> tuple[LayerView, list[float]]:
         data = self.data
         units = data.scan.units[node.name]
         rf = data.fields[node.name]
         heat = atlases.write_layer(units)
-        self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k))
+        relevance = data.explained.relevance.get(node.name) if data.explained and data.explained.relevance else None
+        self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k, relevance))
         shown = grid_channels(node, data.max_channels)
         grids, sparsity = [], []
         for img, view in zip(data.chosen, chosen):
@@ -224,16 +307,12 @@ class Renderer:
             map_layers=len(map_rows),
             jump=jump,
             heat_side=data.scan.heat_side,
+            explained=data.explained,
+            class_pages=self.class_pages,
+            cell_pages={key: cell_page(*key) for key in (data.explained.galleries.cells if data.explained else {})},
         )
 
 
 def render_site(data, site) -> SiteSummary:
     """Write every file of the site for `data` (report.ReportData) into `site` (writer.SiteFolder)."""
     return Renderer(data, site).run()
-
-
-def page_count_check(summary: SiteSummary) -> None:  # pragma: no cover - used by bench
-    log.info("site: %d files, %.1f MB", summary.files, summary.bytes / 1e6)
-
-
-__all__ = ["render_site", "SiteSummary", "environment", "np"]

@@ -222,3 +222,32 @@ def _blocks(items: list) -> list:
         current.rows.append(item)
     flush_loose()
     return [g.rows[0] if isinstance(g, Group) and g.kind == "block" and len(g.rows) == 1 else g for g in out]
+
+
+@dataclass(frozen=True)
+class CamCard:
+    """An image of a gallery of mistakes: thumbnail, classes, confidence, and its class activation maps."""
+
+    index: int
+    path: str
+    true: str | None
+    predicted: str
+    confidence: float  # probability of the predicted class
+    true_score: float | None  # probability of the true class
+    tile: Tile | None
+    cam: tuple[str, int, int] | None  # (atlas path, row, rows): column 0 the predicted class's map, column 1 the true class's
+    correct: bool
+
+
+def cam_cards(images: list[int], explained, records, classes, tiles: dict, atlas: tuple[str, list[int]] | None) -> list[CamCard]:
+    p = explained.predictions
+    cards = []
+    for i in images:
+        label = int(p.labels[i])
+        rows = atlas[1] if atlas else []
+        cards.append(CamCard(
+            index=i, path=records[i].rel, true=classes[label] if label >= 0 else None, predicted=classes[int(p.predicted[i])],
+            confidence=float(p.confidence[i]), true_score=float(p.true_score[i]) if label >= 0 else None, tile=tiles.get(i),
+            cam=(atlas[0], rows.index(i), len(rows)) if atlas and i in rows else None, correct=label == int(p.predicted[i]),
+        ))
+    return cards
