@@ -1,9 +1,9 @@
-"""`reportgen demo`: the notebook's cat-vs-dog workflow on real photographs that ship offline.
+"""`reportgen demo`: a cats-vs-dogs style classifier, trained and reported on real photographs that ship offline.
 
 scikit-image bundles a subset of LFW: 100 face and 100 non-face crops, 25 x 25 grayscale. They are
 written out as data/train/faces and data/train/non_faces (a binary problem, like cats vs dogs),
-a CNN with the notebook's layer stack is trained on them for a few epochs, saved as .keras, and
-`build` runs on it. Deterministic for a given seed.
+a CNN with the classic small-classifier layer stack is trained on them for a few epochs, saved as
+.keras, and `build` runs on it with --relevance. Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_demo(out: Path, *, workdir: Path | None = None, epochs: int | None = Non
             BuildOptions(
                 model=model_path, data=train, out=Path(out), seed=seed, force=force, quiet=quiet,
                 # a face image, and a position of conv2d_3 near the mouth that fires on faces
-                images=[train / "faces" / "faces_053.png"], units=["conv2d_3:10:7:114"],
+                images=[train / "faces" / "faces_053.png"], units=["conv2d_3:10:7:114"], relevance=True,
                 model_label=model_path.name, data_label="data/train",
             )
         )

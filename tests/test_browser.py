@@ -138,7 +138,7 @@ def tiny_site(tmp_path_factory) -> Site:
     model = work / "tiny.keras"
     tiny_sequential().save(model)
     make_dataset(work / "data", {"cats": 12, "dogs": 9})
-    assert build_site(model, work / "data", work / "site", "--unit", "c2:1:1:0") == 0
+    assert build_site(model, work / "data", work / "site", "--unit", "c2:1:1:0", "--relevance") == 0
     site = _load_site("tiny", work / "site")
     assert site.probe_pages(), "the tiny site should have a probe page (--unit c2:1:1:0)"
     return site
@@ -742,3 +742,76 @@ def test_hostile_names_are_text_and_run_no_script(browser, hostile_site, mode, s
     context.close()
     assert dialogs == []
     assert seen_layer and seen_file
+
+
+def test_confusion_cells_reach_their_galleries_and_back(site, mode, watcher):
+    page = watcher.page
+    watcher.goto("index.html")
+    cells = page.evaluate("() => [...document.querySelectorAll('table.confusion td a')].map((a) => a.getAttribute('href'))")
+    matrix = site.report["metrics"]["confusion"]
+    assert len(cells) == sum(1 for row in matrix for v in row if v)
+    for i, href in enumerate(cells):
+        link = page.locator("table.confusion td a").nth(i)
+        count = int(link.inner_text())
+        link.click()
+        page.wait_for_url(watcher.url(href))
+        shown = page.locator("ol.gallery li.card").count()
+        assert shown == min(count, site.report["options"]["max_gallery"])
+        page.go_back()
+        page.wait_for_url(watcher.url("index.html"))
+    problems = watcher.take_problems()
+    assert not problems, "\n".join(problems)
+
+
+def test_class_activation_map_toggles(site, mode, watcher):
+    page = watcher.page
+    mistake = next((e for e in site.report["errors"]), None)
+    cells = sorted(p.relative_to(site.root).as_posix() for p in (site.root / "mistakes").glob("*.html"))
+    wrong = [c for c in cells if c.split("/")[1].split(".")[0].split("-")[0] != c.split("/")[1].split(".")[0].split("-")[1]]
+    watcher.goto(wrong[0] if wrong else cells[0])
+    n = page.locator("ol.gallery li.card").count()
+    assert n > 0
+    assert page.evaluate(_DISPLAYS, ".frame .cam.pred") == ["block"] * n  # the predicted class's map shows at first
+    page.check("#cam-none")
+    assert set(page.evaluate(_DISPLAYS, ".frame .cam")) == {"none"}
+    if wrong:
+        page.check("#cam-true")
+        assert page.evaluate(_DISPLAYS, ".frame .cam.true") == ["block"] * n
+        assert set(page.evaluate(_DISPLAYS, ".frame .cam.pred")) == {"none"}
+        assert mistake is not None
+    atlases = page.evaluate("() => [...new Set([...document.querySelectorAll('.frame .cam')].map((e) => getComputedStyle(e).backgroundImage.slice(5, -2)))]")
+    assert atlases and page.evaluate(_DECODES, atlases) == []
+    watcher.goto("index.html")  # the chosen image has its map too
+    assert page.evaluate(_DISPLAYS, ".chosen .frame .cam.pred") == ["block"] * len(site.report["images"])
+    problems = watcher.take_problems()
+    assert not problems, "\n".join(problems)
+
+
+def test_class_pages_link_to_units_and_units_to_classes(browser, tiny_site, servers):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        w = Watcher(context.new_page(), base_url(tiny_site, "http", servers))
+        page = w.page
+        pages = sorted(p.relative_to(tiny_site.root).as_posix() for p in (tiny_site.root / "classes").glob("*.html"))
+        followed = 0
+        for class_rel in pages:
+            w.goto(class_rel)
+            drivers = page.locator("ol.drivers li.unit a")
+            if drivers.count() == 0:
+                continue
+            href = drivers.first.get_attribute("href")
+            drivers.first.click()
+            page.wait_for_url(w.url(posixpath.normpath(posixpath.join(posixpath.dirname(class_rel), href))))
+            page.wait_for_selector("#unit-view:not([hidden]) .relevance-section")
+            chips = page.locator("#unit-view .relevance-section a.chip")
+            assert chips.count() >= 1
+            target = chips.first.get_attribute("href")
+            chips.first.click()
+            page.wait_for_url(w.url(posixpath.normpath(posixpath.join("layers", target))))
+            assert page.locator("h1").inner_text().startswith("Class ")
+            followed += 1
+        assert followed >= 1
+        problems = w.take_problems()
+        assert not problems, "\n".join(problems)
+    finally:
+        context.close()
