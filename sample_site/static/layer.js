@@ -147,11 +147,26 @@
     ]);
     var gallery = el("ol", { class: "gallery", style: "--ar: " + layerData.input_hw[1] + " / " + layerData.input_hw[0] + "; --cols: " + options.grid.cols + "; --rows: " + options.grid.rows },
       unit.top.map(function (e, rank) { return card(unit, rank, e); }));
+    var relevance = null;
+    if (unit.relevance) {
+      var drives = unit.relevance.drives.map(function (d) {
+        var page = imageData.class_pages[d[0]];
+        return el("a", { class: "chip", href: options.root + page, text: imageData.classes[d[0]] + ": " + num(d[1], 3) });
+      });
+      relevance = el("section", { class: "relevance-section" }, [
+        el("h3", { text: "Classes it drives" }),
+        drives.length ? el("p", {}, drives) : el("p", { class: "note", text: "It contributes to no class on average." }),
+        el("h3", { text: "Top " + unit.relevance.top.length + " images by relevance for the predicted class" }),
+        el("ol", { class: "gallery", style: "--ar: " + layerData.input_hw[1] + " / " + layerData.input_hw[0] + "; --cols: " + options.grid.cols + "; --rows: " + options.grid.rows },
+          unit.relevance.top.map(function (e, rank) { return card({ heat: null, dead: true }, rank, e); })),
+        el("p", { class: "note", text: "Relevance: the unit's contribution to the logit of the class the model predicts for that image (gradient × activation, summed over positions). The cell marks its largest contribution." })
+      ]);
+    }
     var warning = unit.dead ? el("p", { class: "warning", text: "This unit never fires: every image scores " + num(unit.max) + ", so these are simply the first images in dataset order." }) : null;
     var note = el("p", { class: "note", text: "Grid: one cell per position of the " + shape[1] + " × " + shape[2] + " map. Filled cell: where the maximum is. Outline: the pixels its receptive field reads" +
       (layerData.receptive_field.exact ? "" : " (not defined here: the grid cell)") + ", dashed where the field reaches into the padding. Heatmap: the unit's map on that image, 100% = the unit's top activation." });
     [nav, title, el("div", { class: "unit-head" }, [facts, histogram(unit.histogram)]), toggles(!unit.dead && unit.heat),
-      el("h3", { text: "Top " + unit.top.length + " images" }), warning, gallery, note].forEach(function (c) { if (c) view.appendChild(c); });
+      el("h3", { text: "Top " + unit.top.length + " images" }), warning, gallery, note, relevance].forEach(function (c) { if (c) view.appendChild(c); });
     view.hidden = false;
     document.title = layerData.layer + " · unit " + channel + " · " + document.title.split(" · ").slice(-2).join(" · ");
   }
