@@ -25,7 +25,7 @@ from reportgen.stats import ConfusionCounter, PredictionStore, StreamingHistogra
 
 log = logging.getLogger("reportgen")
 
-PRUNE_EVERY = 64  # batches: thumbnails of images that left every top K are dropped this often
+PRUNE_EVERY = 8  # batches: heatmaps and thumbnails of images that left every top K are dropped this often
 
 
 def _progress(total: int, desc: str, quiet: bool):
