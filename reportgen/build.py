@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reportgen.dataset import BadImage, Dataset, discover, load_pixels
+from reportgen.dataset import BadImage, Dataset, discover, load_pixels, read_class_names
 from reportgen.errors import UserError
 from reportgen.images import to_uint8
 from reportgen.receptive import receptive_fields
@@ -47,6 +47,7 @@ class BuildOptions:
     max_gallery: int = 64  # images per confusion cell's gallery
     cam_layer: str | None = None  # the layer Grad-CAM reads (default: the last with a map larger than 1 x 1)
     relevance: bool = False  # the extra pass: every unit's contribution to each class
+    class_names: Path | None = None  # readable names for the class folders
     output: str | None = None  # which output to evaluate, for models with several
     unsafe: bool = False
     quiet: bool = False
@@ -158,6 +159,7 @@ def gather(opts: BuildOptions) -> ReportData:
     started = time.time()
 
     dataset = discover(opts.data)
+    class_names = read_class_names(opts.class_names, dataset.classes) if opts.class_names else list(dataset.classes)
     log.info("dataset %s: %d image files%s", dataset.root, len(dataset.records),
              f" in {len(dataset.classes)} classes" if dataset.classes else " (flat folder, no labels)")
 
@@ -238,6 +240,7 @@ def gather(opts: BuildOptions) -> ReportData:
         "max_gallery": opts.max_gallery,
         "cam_layer": explained.cam_layer if explained else opts.cam_layer,
         "relevance": opts.relevance,
+        "class_names": str(opts.class_names) if opts.class_names else None,
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
     traced.info.path = opts.model_label or str(opts.model)
@@ -255,6 +258,7 @@ def gather(opts: BuildOptions) -> ReportData:
         preprocessing=preprocessing,
         warnings=warnings,
         explained=explained,
+        class_names=class_names,
     )
 
 

@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--top-k", type=_positive_int, default=16, metavar="K", help="top images kept per unit (default 16)")
     b.add_argument("--layers", action="append", default=[], metavar="PATTERN",
                    help="only the layers whose name matches this glob get feature maps and units (repeatable; a leading ! excludes, e.g. '!*_bn'); default all")
+    b.add_argument("--class-names", type=Path, default=None, metavar="FILE",
+                   help="readable class names: JSON {folder: name}, one name per line in class order, or folder<TAB>name lines")
     b.add_argument("--max-gallery", type=_positive_int, default=64, metavar="N", help="images per confusion cell's gallery (default 64)")
     b.add_argument("--cam-layer", default=None, metavar="NAME", help="the layer class activation maps read (default: the last with a map larger than 1 x 1)")
     b.add_argument("--relevance", action="store_true", help="one extra pass: every unit's contribution to each class, and its top images by relevance")
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     batch_size=args.batch_size, max_channels=args.max_channels, force=args.force, top_k=args.top_k,
                     units=args.unit, preprocess=args.preprocess, rescale=args.rescale, interpolation=args.interpolation,
                     input_size=args.input_size, output=args.output, layers=args.layers, max_gallery=args.max_gallery,
-                    cam_layer=args.cam_layer, relevance=args.relevance, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
+                    cam_layer=args.cam_layer, relevance=args.relevance, class_names=args.class_names, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
                 )
             )
         else:

@@ -269,3 +269,62 @@ def iter_batches(
                 idx, pix = [], []
         if idx:
             yield Batch(np.asarray(idx, dtype=np.int64), np.stack(pix))
+
+
+def read_class_names(path: Path, classes: list[str]) -> list[str]:
+    """Readable names for the class folders, from --class-names FILE, in class-index order.
+
+    Accepted: a JSON object {folder: name}, or {index: name} or {index: [folder, name]} (Keras's
+    imagenet_class_index.json); a JSON list of names; a text file with one name per line in
+    class-index order, or lines `folder<TAB>name` (ImageNet's words.txt; a space works too when the
+    first word is a class folder, as in LOC_synset_mapping.txt). Folders it does not name keep their name.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"--class-names {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--class-names {path}: is not a UTF-8 text or JSON file") from None
+    if not classes:
+        raise UserError(f"--class-names {path}: the dataset is a flat folder with no classes to name")
+    names = dict.fromkeys(classes)
+    stripped = text.strip()
+    if stripped.startswith(("{", "[")):
+        try:
+            data = json.loads(stripped)
+        except ValueError as exc:
+            raise UserError(f"--class-names {path}: not valid JSON ({exc})") from None
+        if isinstance(data, list):
+            data = {str(i): v for i, v in enumerate(data)}
+        if not isinstance(data, dict):
+            raise UserError(f"--class-names {path}: expected a JSON object or list of names")
+        for key, value in data.items():
+            if isinstance(value, list) and len(value) == 2:  # {"0": ["n01440764", "tench"]}
+                key, value = value
+            folder = key if key in names else (classes[int(key)] if str(key).isdigit() and int(key) < len(classes) else None)
+            if folder is not None and isinstance(value, str):
+                names[folder] = value
+    else:
+        lines = [line.rstrip("\n\r") for line in text.splitlines() if line.strip()]
+        split = [line.split("\t", 1) if "\t" in line else line.split(" ", 1) for line in lines]
+        if all(len(parts) == 2 and parts[0] in names for parts in split):
+            for folder, name in split:
+                names[folder] = name.strip()
+        elif any("\t" in line for line in lines):
+            found = [parts for parts in split if len(parts) == 2 and parts[0] in names]
+            if not found:
+                raise UserError(f"--class-names {path}: none of its `folder<TAB>name` lines names a class folder of the dataset")
+            for folder, name in found:
+                names[folder] = name.strip()
+        elif len(lines) == len(classes):
+            for folder, name in zip(classes, lines):
+                names[folder] = name.strip()
+        else:
+            raise UserError(
+                f"--class-names {path}: has {len(lines)} lines for {len(classes)} classes; give one name per line in "
+                "class-index order, or `folder<TAB>name` lines"
+            )
+    return [names[c] if names[c] else c for c in classes]

@@ -262,3 +262,17 @@ def unit_overlay(rf: ReceptiveField, input_hw: tuple[int, int], layer_hw: tuple[
         box=visible,
         box_clipped=tuple(visible) != tuple(full),
     )
+
+
+def confusion_picture(matrix: np.ndarray) -> np.ndarray:
+    """A confusion matrix as a picture, one pixel per cell (rows true, columns predicted), on a log
+    scale: mistakes from white to dark red, the diagonal from pale to dark green, empty cells white."""
+    m = np.asarray(matrix, dtype=np.float64)
+    n = m.shape[0]
+    top = np.log1p(m.max()) if m.size and m.max() > 0 else 1.0
+    level = np.log1p(m) / top  # 0..1
+    red = np.array([255, 255, 255]) - level[:, :, None] * np.array([75, 235, 235])
+    green = np.array([235, 245, 235]) - level[:, :, None] * np.array([215, 120, 215])
+    picture = np.where(np.eye(n, dtype=bool)[:, :, None], green, red)
+    picture[(m == 0) & ~np.eye(n, dtype=bool)] = 255
+    return np.clip(np.round(picture), 0, 255).astype(np.uint8)

@@ -222,6 +222,8 @@ class Metrics:
     note: str
     evaluated: int
     mode: str  # "binary", "categorical" or "none"
+    top5: float | None = None  # with more than 5 classes: top-5 accuracy, as Keras's TopKCategoricalAccuracy(k=5)
+    per_class_top5: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -247,6 +249,7 @@ class Predictions:
     true_score: np.ndarray  # float32 [images]: probability of the true class
     top: np.ndarray  # int32 [images, t]: the t most probable classes (t = min(5, classes))
     top_scores: np.ndarray  # float32 [images, t]
+    true_rank: np.ndarray = None  # int32 [images]: classes scored strictly above the true one (-1: no label)
 
 
 @dataclass
@@ -331,3 +334,4 @@ class ReportData:
     preprocessing: object = None  # model.preprocess.Preprocessing: what was fed to the model
     warnings: list[str] = field(default_factory=list)  # shown on the index: never a silent guess
     explained: Explained | None = None  # mistakes, class activation maps, relevance (labelled datasets)
+    class_names: list[str] = field(default_factory=list)  # how each class is shown (--class-names), by index

@@ -158,6 +158,7 @@ class PredictionStore:
         self.true_score = np.zeros(images, dtype=np.float32)
         self.top = np.full((images, t), -1, dtype=np.int32)
         self.top_scores = np.zeros((images, t), dtype=np.float32)
+        self.true_rank = np.full(images, -1, dtype=np.int32)
 
     def update(self, indices: np.ndarray, labels: np.ndarray, raw: np.ndarray) -> None:
         probs = as_probabilities(raw, self.logits)
@@ -173,9 +174,24 @@ class PredictionStore:
         self.true_score[indices] = np.where(labels >= 0, probs[np.arange(len(indices)), np.maximum(labels, 0)], 0.0)
         self.top[indices] = order
         self.top_scores[indices] = np.take_along_axis(probs, order, axis=1)
+        # classes scored strictly above the true one: in the top k when below k, ties counting as in
+        # (as tf.math.in_top_k and Keras's TopKCategoricalAccuracy)
+        true = probs[np.arange(len(indices)), np.maximum(labels, 0)]
+        self.true_rank[indices] = np.where(labels >= 0, (probs > true[:, None]).sum(axis=1), -1)
 
     def result(self):
         from reportgen.report import Predictions
 
         return Predictions(read=self.read, labels=self.labels, predicted=self.predicted, confidence=self.confidence,
-                           true_score=self.true_score, top=self.top, top_scores=self.top_scores)
+                           true_score=self.true_score, top=self.top, top_scores=self.top_scores, true_rank=self.true_rank)
+
+
+def top_k_accuracy(predictions, classes: int, k: int = TOP) -> tuple[float | None, list[float | None]]:
+    """Top-k accuracy over every labelled image read, and per class (None where it has no image)."""
+    labelled = predictions.read & (predictions.labels >= 0)
+    hits = predictions.true_rank[labelled] < k
+    labels = predictions.labels[labelled]
+    overall = float(hits.mean()) if hits.size else None
+    counts = np.bincount(labels, minlength=classes)
+    per_class = np.bincount(labels, weights=hits.astype(np.float64), minlength=classes)
+    return overall, [float(per_class[c] / counts[c]) if counts[c] else None for c in range(classes)]

@@ -815,3 +815,65 @@ def test_class_pages_link_to_units_and_units_to_classes(browser, tiny_site, serv
         assert not problems, "\n".join(problems)
     finally:
         context.close()
+
+
+@pytest.fixture(scope="session")
+def thousand_site(tmp_path_factory) -> Site:
+    from test_many_classes import CLASSES, many_classes
+
+    root = tmp_path_factory.mktemp("browser_thousand")
+    model_path, data, words = many_classes(root, CLASSES)
+    assert build_site(model_path, data, root / "site", "--class-names", str(words)) == 0
+    return _load_site("thousand", root / "site")
+
+
+def test_a_thousand_classes_in_the_browser(browser, thousand_site, servers):
+    site = thousand_site
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        w = Watcher(context.new_page(), base_url(site, "http", servers))
+        page = w.page
+        w.goto("index.html")
+        # point at cells of the confusion picture: the tip names both classes and the count; a click opens the gallery
+        names = [site.report["dataset"]["class_names"][f] for f in site.report["dataset"]["class_indices"]]
+        cells = sorted(site.report["metrics"]["confusion_cells"], key=lambda c: (c[0] == c[1], -c[2]))
+        for t, p, count in (cells[0], cells[-1]):
+            # two pixels a cell, in a scrolling frame: bring the cell into view, then point at it
+            page.evaluate("([t, p]) => { const f = document.querySelector('.confusion-scroll'); f.scrollLeft = 2 * p - 100; f.scrollTop = 2 * t - 100; }", [t, p])
+            page.locator(".confusion-scroll").scroll_into_view_if_needed()
+            box = page.locator("#confusion-picture").bounding_box()
+            cell = box["width"] / CLASSES_IN_SITE
+            assert cell >= 2
+            x, y = int(box["x"] + p * cell) + 1, int(box["y"] + t * cell) + 1
+            page.mouse.move(x, y)
+            tip = page.locator("#confusion-tip").inner_text()
+            assert tip.startswith(f"{names[t]} → predicted {names[p]}: {count} image"), tip
+            page.mouse.click(x, y)
+            page.wait_for_url(w.url(f"mistakes/{t}-{p}.html"))
+            assert page.locator("ol.gallery li.card").count() == min(count, 64)
+            page.go_back()
+            page.wait_for_url(w.url("index.html"))
+        # sorting: the 20 worst by accuracy, then by name; the full list by image count
+        accuracy = "() => [...document.querySelectorAll('table[data-group=worst] tbody tr')].map((r) => parseFloat(r.cells[3].textContent))"
+        page.click("table[data-group=worst] button[data-key=accuracy]")
+        values = page.evaluate(accuracy)
+        assert values == sorted(values, reverse=True)
+        page.click("table[data-group=worst] button[data-key=accuracy]")
+        assert page.evaluate(accuracy) == sorted(values)
+        page.click("details.all-classes summary")
+        page.click("table[data-group=all] >> nth=0 >> button[data-key=name]")
+        shown = page.evaluate("() => [...document.querySelectorAll('table[data-group=all] tbody tr')].map((r) => r.cells[0].firstChild.textContent.trim().toLowerCase())")
+        assert len(shown) == CLASSES_IN_SITE and shown == sorted(shown, reverse=True)
+        page.fill("#class-filter", "thing number 999")
+        visible = page.evaluate("() => [...document.querySelectorAll('table[data-group=all] tbody tr')].filter((r) => !r.hidden).length")
+        assert visible == 1
+        # a class page
+        w.goto("classes/0-thing_number_0.html")
+        assert page.locator("h1").inner_text().startswith("Class thing number 0")
+        problems = w.take_problems()
+        assert not problems, "\n".join(problems)
+    finally:
+        context.close()
+
+
+CLASSES_IN_SITE = 1000

@@ -21,7 +21,15 @@ from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
 from reportgen.model.tf import tf
 from reportgen.report import LayerUnits, Metrics, ProbeResult, ScanResult, Thumbnail, TopEntry
-from reportgen.stats import ConfusionCounter, PredictionStore, StreamingHistograms, classification_mode, predicted_classes
+from reportgen.stats import (
+    TOP,
+    ConfusionCounter,
+    PredictionStore,
+    StreamingHistograms,
+    classification_mode,
+    predicted_classes,
+    top_k_accuracy,
+)
 
 log = logging.getLogger("reportgen")
 
@@ -129,6 +137,9 @@ def scan_dataset(
             regularization = float(sum(float(x) for x in traced.model.losses)) if traced.model.losses else 0.0
             loss = loss_sum[0] / loss_sum[1] + regularization  # as model.evaluate: regularisation added to each batch's loss
         metrics = confusion.metrics(dataset.classes, mode, note, loss)
+        if len(dataset.classes) > TOP and predictions is not None:
+            metrics.top5, per_class = top_k_accuracy(predictions, len(dataset.classes))
+            metrics.per_class_top5 = dict(zip(dataset.classes, per_class))
     else:
         metrics = Metrics(accuracy=None, loss=None, per_class={}, confusion=None, note=note, evaluated=0, mode=mode)
     return ScanResult(units=units, probes=probe_results, metrics=metrics, num_images=seen, skipped=skipped,

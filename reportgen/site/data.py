@@ -45,6 +45,11 @@ def _js(kind: str, body: str) -> bytes:
     return (JS_PREFIX[kind] + body + JS_SUFFIX).encode("utf-8")
 
 
+def js_call(kind: str, data) -> bytes:
+    """A data file for pages: `reportgen.<kind>(<JSON>);`."""
+    return (f"reportgen.{kind}(" + json.dumps(data, separators=(",", ":"), ensure_ascii=False) + JS_SUFFIX).encode("utf-8")
+
+
 def rf_data(rf: ReceptiveField) -> dict:
     data = {"exact": rf.exact, "size": list(rf.size), "stride": list(rf.stride), "offset": list(rf.offset), "note": rf.note or None}
     if rf.reads is not None:
@@ -162,6 +167,7 @@ def report_json(data, layer_rows: list[dict], errors: list[dict] | None = None) 
             "dataset": {
                 "root": data.data_label or str(dataset.root),
                 "class_indices": dataset.class_indices,
+                "class_names": dict(zip(dataset.classes, data.class_names)) if data.class_names and data.class_names != dataset.classes else None,
                 "num_images": scan.num_images,
                 "num_files": len(records),
                 "skipped": [{"path": s.path, "reason": s.reason} for s in scan.skipped],
@@ -169,9 +175,12 @@ def report_json(data, layer_rows: list[dict], errors: list[dict] | None = None) 
             },
             "metrics": {
                 "accuracy": m.accuracy,
+                "top5": m.top5,
                 "loss": m.loss,
                 "per_class": m.per_class,
-                "confusion": m.confusion,
+                "per_class_top5": m.per_class_top5 or None,
+                "confusion": m.confusion if m.confusion is None or len(m.confusion) <= 100 else None,
+                "confusion_cells": _cells(m.confusion) if m.confusion is not None and len(m.confusion) > 100 else None,
                 "evaluated": m.evaluated,
                 "mode": m.mode,
                 "note": m.note or None,
@@ -198,6 +207,13 @@ def report_json(data, layer_rows: list[dict], errors: list[dict] | None = None) 
             ],
         }
     )
+
+
+def _cells(matrix) -> list[list[int]]:
+    """The non-zero cells of a confusion matrix: [true, predicted, count]."""
+    m = np.asarray(matrix)
+    rows, cols = np.nonzero(m)
+    return [[int(r), int(c), int(m[r, c])] for r, c in zip(rows, cols)]
 
 
 def layer_row(node, units: LayerUnits, rf: ReceptiveField, sparsity: list[float]) -> dict:

@@ -17,13 +17,18 @@ import numpy as np
 from reportgen import __version__
 from reportgen.images import encode_thumbnail
 from reportgen.site import data as site_data
-from reportgen.images import encode_png, heat_atlas
+from reportgen.images import confusion_picture, encode_png, heat_atlas
 from reportgen.site.assets import HeatAtlases, grid_channels, write_feature_grid, write_thumbnail_sheets
 from reportgen.site.links import Links
 from reportgen.site.names import cell_page, class_page, content_path, layer_data, layer_page, probe_page, shape_text, unit_address
 from reportgen.site.views import IndexRow, LayerView, Pattern, cam_cards, cards, grid_view, group_rows, unit_lines
 
 log = logging.getLogger("reportgen")
+
+CONFUSION_TABLE = 20  # classes up to which the confusion matrix is a table; beyond, a picture
+CLASS_TABLE = 50  # classes up to which the index lists every class at once; beyond, the 20 worst and best
+ATLAS_IMAGES = 512  # class activation maps per atlas file
+ERRORS_LISTED = 1000  # mistakes listed in report.json (all of them are in data/predictions.json)
 
 
 def _template_source(name: str) -> str | None:
@@ -86,7 +91,7 @@ class Renderer:
         info = data.info
         shape = info.run_input_shape or info.input_shape  # the size it ran at (--input-size for unfixed inputs)
         self.input_hw = (int(shape[1]), int(shape[2]))
-        self.classes = data.dataset.classes
+        self.classes = data.class_names or data.dataset.classes  # as shown (--class-names); report.json keeps the folders
         self.map_layers = [n for n in info.nodes if n.is_map]
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -138,6 +143,7 @@ class Renderer:
         if explained:
             shown_errors = self.mistakes()
             self.site.write("data/predictions.json", site_data.predictions_file(data))
+        self.confusion = self.confusion_assets()
         self.index(chosen, [rows[n.name] for n in data.info.nodes], probes)
         report = site_data.report_json(data, report_layers, shown_errors)
         self.site.write("report.json", report)
@@ -182,6 +188,22 @@ class Renderer:
             })
         return views
 
+    def confusion_assets(self) -> dict | None:
+        """Beyond CONFUSION_TABLE classes: the matrix as a picture, its non-zero cells for the page's
+        script, and the most confused pairs."""
+        matrix = self.data.scan.metrics.confusion
+        if not matrix or len(self.classes) <= CONFUSION_TABLE:
+            return None
+        m = np.asarray(matrix)
+        picture = encode_png(confusion_picture(m))
+        path = self.site.write(content_path("img", picture, "png", "confusion"), picture)
+        rows, cols = np.nonzero(m)
+        cells = [[int(r), int(c), int(m[r, c])] for r, c in zip(rows, cols)]
+        self.site.write("data/confusion.js", site_data.js_call("confusion", {"classes": self.classes, "cells": cells, "pages": "mistakes/{t}-{p}.html"}))
+        off = [(int(m[r, c]), int(r), int(c)) for r, c in zip(rows, cols) if r != c]
+        pairs = sorted(off, key=lambda x: (-x[0], x[1], x[2]))[:20]
+        return {"picture": path, "size": len(self.classes), "pairs": [{"count": n, "true": r, "predicted": c} for n, r, c in pairs]}
+
     def cam_atlas(self, stem: str, cams: np.ndarray) -> str:
         """Class activation maps [n, 2, h, w] (predicted class, true class) as one grey atlas."""
         data = encode_png(heat_atlas(cams))
@@ -194,33 +216,40 @@ class Renderer:
         cam_layer = explained.cam_layer
         shown_errors = []
         matrix = data.scan.metrics.confusion or []
+        cam_tiles = self.cam_tiles()
         for (t, q), gallery in sorted(galleries.cells.items()):
-            atlas = self.gallery_atlas(f"cell{t}-{q}", gallery.images)
             self.render("cell.html", cell_page(t, q), row_class=t, column_class=q, gallery=gallery, cam_layer=cam_layer,
-                        cards=cam_cards(gallery.images, explained, records, self.classes, self.tiles, atlas),
+                        cards=cam_cards(gallery.images, explained, records, self.classes, self.tiles, cam_tiles),
                         class_pages=self.class_pages, classes=self.classes)
             if t != q:
-                shown_errors += [{"image": records[i].rel, "label": self.classes[t], "predicted": self.classes[q],
+                folders = data.dataset.classes
+                shown_errors += [{"image": records[i].rel, "label": folders[t], "predicted": folders[q],
                                   "confidence": float(p.confidence[i])} for i in gallery.images]
         units = self.contributing_units()
         for c, name in enumerate(self.classes):
             most, least = galleries.most.get(c), galleries.least.get(c)
-            atlas = self.gallery_atlas(f"class{c}", sorted(set((most.images if most else []) + (least.images if least else []))))
             row = matrix[c] if c < len(matrix) else []
-            self.render("class.html", self.class_pages[c], index=c, name=name, classes=self.classes, row=row,
+            predicted_as = sorted(((q, int(v)) for q, v in enumerate(row) if v), key=lambda qv: (-qv[1], qv[0]))
+            self.render("class.html", self.class_pages[c], index=c, name=name, classes=self.classes, row=row, predicted_as=predicted_as,
+                        top5=data.scan.metrics.per_class_top5.get(data.dataset.classes[c]),
                         cells={q: cell_page(c, q) for q in range(len(self.classes)) if (c, q) in galleries.cells},
                         accuracy=data.scan.metrics.per_class.get(name), count=int(sum(row)) if row else 0, cam_layer=cam_layer,
-                        most=cam_cards(most.images, explained, records, self.classes, self.tiles, atlas) if most else [],
-                        least=cam_cards(least.images, explained, records, self.classes, self.tiles, atlas) if least else [],
+                        most=cam_cards(most.images, explained, records, self.classes, self.tiles, cam_tiles) if most else [],
+                        least=cam_cards(least.images, explained, records, self.classes, self.tiles, cam_tiles) if least else [],
                         units=units.get(c, []), relevance=explained.relevance is not None)
-        return shown_errors
+        shown_errors.sort(key=lambda e: -e["confidence"])  # the most confident mistakes first
+        return shown_errors[:ERRORS_LISTED]
 
-    def gallery_atlas(self, stem: str, images: list[int]):
+    def cam_tiles(self) -> dict[int, tuple[str, int, int]]:
+        """Every shown image's class activation maps, in a few shared atlases: image -> (atlas, row, rows)."""
         cams = self.data.explained.cams
-        images = [i for i in images if i in cams]
-        if not images:
-            return None
-        return self.cam_atlas(stem, np.stack([cams[i] for i in images])), images
+        order = sorted(cams)
+        tiles = {}
+        for start in range(0, len(order), ATLAS_IMAGES):
+            block = order[start : start + ATLAS_IMAGES]
+            path = self.cam_atlas("cams", np.stack([cams[i] for i in block]))
+            tiles.update({image: (path, row, len(block)) for row, image in enumerate(block)})
+        return tiles
 
     def contributing_units(self, per_class: int = 24) -> dict[int, list[dict]]:
         """Per class, the units with the largest mean contribution to it (--relevance), over every layer."""
@@ -310,7 +339,17 @@ class Renderer:
             explained=data.explained,
             class_pages=self.class_pages,
             cell_pages={key: cell_page(*key) for key in (data.explained.galleries.cells if data.explained else {})},
+            confusion=self.confusion,
+            class_rows=self.class_rows(class_sizes),
+            many=len(self.classes) > CLASS_TABLE,
         )
+
+    def class_rows(self, class_sizes) -> list[dict]:
+        metrics = self.data.scan.metrics
+        folders = self.data.dataset.classes
+        return [{"index": i, "name": self.classes[i], "folder": folders[i], "images": class_sizes.get(i, 0),
+                 "accuracy": metrics.per_class.get(folders[i]), "top5": metrics.per_class_top5.get(folders[i]),
+                 "page": self.class_pages[i] if self.class_pages else None} for i in range(len(folders))]
 
 
 def render_site(data, site) -> SiteSummary:

@@ -239,15 +239,15 @@ class CamCard:
     correct: bool
 
 
-def cam_cards(images: list[int], explained, records, classes, tiles: dict, atlas: tuple[str, list[int]] | None) -> list[CamCard]:
+def cam_cards(images: list[int], explained, records, classes, tiles: dict, cam_tiles: dict) -> list[CamCard]:
+    """cam_tiles: dataset index -> (atlas path, row, rows in that atlas)."""
     p = explained.predictions
     cards = []
     for i in images:
         label = int(p.labels[i])
-        rows = atlas[1] if atlas else []
         cards.append(CamCard(
             index=i, path=records[i].rel, true=classes[label] if label >= 0 else None, predicted=classes[int(p.predicted[i])],
             confidence=float(p.confidence[i]), true_score=float(p.true_score[i]) if label >= 0 else None, tile=tiles.get(i),
-            cam=(atlas[0], rows.index(i), len(rows)) if atlas and i in rows else None, correct=label == int(p.predicted[i]),
+            cam=cam_tiles.get(i), correct=label == int(p.predicted[i]),
         ))
     return cards
