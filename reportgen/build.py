@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ log = logging.getLogger("reportgen")
 
 @dataclass
 class BuildOptions:
-    model: Path
+    model: Path  # a model file, or a keras.Model object (Python API)
     data: Path
     out: Path
     images: list[Path] = field(default_factory=list)
@@ -48,6 +48,9 @@ class BuildOptions:
     cam_layer: str | None = None  # the layer Grad-CAM reads (default: the last with a map larger than 1 x 1)
     relevance: bool = False  # the extra pass: every unit's contribution to each class
     class_names: Path | None = None  # readable names for the class folders
+    summary_only: bool = False  # write summary.html alone, not the site
+    show_paths: bool = False  # show local paths as given (default: relative to the working folder, or base names)
+    config: Path | None = None  # the --config file these options came from (recorded, not read here)
     output: str | None = None  # which output to evaluate, for models with several
     unsafe: bool = False
     quiet: bool = False
@@ -121,6 +124,8 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec, resizer=None) -> l
             except BadImage as exc:
                 raise UserError(f"--image {path}: {exc}") from None
             shown, label = _in_dataset(path, dataset)
+            if shown == str(path):  # outside the dataset: as published pages show local paths
+                shown = shown_path(path, opts)
             chosen.append((shown, label, pixels))
         return chosen
     order = list(range(len(dataset.records)))
@@ -139,7 +144,25 @@ def choose_images(opts: BuildOptions, dataset: Dataset, spec, resizer=None) -> l
 
 
 def _keep(opts: BuildOptions) -> dict[str, Path]:
-    return {"dataset": Path(opts.data), "model file": Path(opts.model)}
+    keep = {"dataset": Path(opts.data)}
+    if isinstance(opts.model, (str, Path)):
+        keep["model file"] = Path(opts.model)
+    return keep
+
+
+def _model_name(opts: BuildOptions) -> str:
+    """How the model is named in messages and pages: its file, or the in-memory model's name."""
+    if isinstance(opts.model, (str, Path)):
+        return str(opts.model)
+    return f"{getattr(opts.model, 'name', 'model')} (keras.Model object)"
+
+
+def shown_path(path, opts: BuildOptions) -> str:
+    """A local path as published pages show it: relative to the working folder when inside it,
+    otherwise its base name (--show-paths: as given). Nothing of the user's machine leaks by default."""
+    from reportgen.config import published_path
+
+    return str(path) if opts.show_paths else published_path(path)
 
 
 def build(opts: BuildOptions) -> BuildResult:
@@ -149,7 +172,7 @@ def build(opts: BuildOptions) -> BuildResult:
     from reportgen.site.pages import render_site
 
     with SiteFolder(out, opts.force, _keep(opts)) as site:
-        summary = render_site(data, site)
+        summary = render_site(data, site, summary_only=opts.summary_only)
         site.commit()
     return BuildResult(out=out, files=summary.files, bytes=summary.bytes, report=summary.report)
 
@@ -172,11 +195,11 @@ def gather(opts: BuildOptions) -> ReportData:
             f"TensorFlow with Keras 3 is needed ({exc}): pip install 'reportgen[cpu]' (CPU) or 'reportgen[tf]' (full TensorFlow)"
         ) from None
 
-    loaded = load_model(opts.model, unsafe=opts.unsafe)
+    loaded = load_model(opts.model, unsafe=opts.unsafe) if isinstance(opts.model, (str, Path)) else _in_memory(opts.model)
     for repair in loaded.repairs:
         log.info("repaired (in a temporary copy): %s [%s]", repair.what, ", ".join(repair.layers[:5]) + (", ..." if len(repair.layers) > 5 else ""))
     traced = trace_model(
-        loaded.model, opts.model, loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation,
+        loaded.model, _model_name(opts), loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation,
         layers=opts.layers,
     )
     traced.info.file_format, traced.info.repairs = loaded.file_format, loaded.repairs
@@ -196,7 +219,7 @@ def gather(opts: BuildOptions) -> ReportData:
         raise
     except Exception as exc:
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise UserError(f"{opts.model}: the model fails when run on an image: {message}") from None
+        raise UserError(f"{_model_name(opts)}: the model fails when run on an image: {message}") from None
 
     scan = scan_dataset(
         traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=preprocessing, probes=probes, quiet=opts.quiet
@@ -220,7 +243,7 @@ def gather(opts: BuildOptions) -> ReportData:
         )
         for i, (shown, label, _) in enumerate(picked)
     ]
-    explained = explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode)
+    explained = None if opts.summary_only else explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode)
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
 
@@ -243,7 +266,7 @@ def gather(opts: BuildOptions) -> ReportData:
         "class_names": str(opts.class_names) if opts.class_names else None,
     }
     footer = time.strftime("built %Y-%m-%d %H:%M:%S %Z", time.localtime(started)) if opts.timestamp else ""
-    traced.info.path = opts.model_label or str(opts.model)
+    traced.info.path = opts.model_label or (shown_path(opts.model, opts) if isinstance(opts.model, (str, Path)) else _model_name(opts))
     return ReportData(
         info=traced.info,
         dataset=dataset,
@@ -254,12 +277,43 @@ def gather(opts: BuildOptions) -> ReportData:
         max_channels=opts.max_channels,
         options=options,
         footer_note=footer,
-        data_label=opts.data_label or str(dataset.root),
+        data_label=opts.data_label or shown_path(dataset.root, opts),
+        config=build_config(opts),
         preprocessing=preprocessing,
         warnings=warnings,
         explained=explained,
         class_names=class_names,
     )
+
+
+def build_config(opts: BuildOptions) -> dict:
+    """Every option that differs from its default, as a --config file holds it (report.json records
+    it, so `reportgen build --config site/report.json --out site` builds the same site again)."""
+    from dataclasses import fields
+
+    from reportgen.config import config_value
+
+    out = {}
+    for f in fields(BuildOptions):
+        if f.name in ("model_label", "data_label", "config", "quiet", "out", "force"):
+            continue  # where and whether to write is not part of the site: give --out when rebuilding
+        value = getattr(opts, f.name)
+        if f.name == "model" and not isinstance(value, (str, Path)):
+            continue  # a keras.Model object: nothing a file could name
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else MISSING)
+        if f.name in ("model", "data") or value != default:
+            out[f.name] = config_value(value, opts.show_paths)
+    return out
+
+
+def _in_memory(model):
+    """A keras.Model object handed over by the Python API, as if loaded (its compiled loss, no repairs)."""
+    from reportgen.model.load import LoadedModel, loss_of_compiled
+    from reportgen.model.tf import keras
+
+    if not isinstance(model, keras.Model):
+        raise UserError(f"model: expected a path or a keras.Model, got {type(model).__name__}")
+    return LoadedModel(model, Path(model.name), "keras.Model object in memory", keras.__version__, [], loss_of_compiled(model))
 
 
 def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str):

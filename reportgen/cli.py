@@ -72,12 +72,15 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="reportgen", description="A static site of what a Keras image classifier computes, layer by layer and unit by unit.")
     parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{build,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{build,compare,demo}")
 
     b = sub.add_parser("build", help="build the site for your model and image folder", description="Run a Keras model over an image folder in one pass and write a static site.")
-    b.add_argument("--model", required=True, type=Path, help="the model: .keras, or legacy .h5 (tf.keras 2)")
-    b.add_argument("--data", required=True, type=Path, help="DIR/<class>/* like flow_from_directory, or a flat folder of images")
-    b.add_argument("--out", required=True, type=Path, help="folder to write the site into (replaced as a whole when done)")
+    b.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="options from a TOML file (keys as the options' names: top_k = 8), or from a report.json's config; flags given here win")
+    b.add_argument("--model", type=Path, default=None, help="the model file, as you have it: .keras, .h5 (any Keras 2 or 3 era)")
+    b.add_argument("--data", type=Path, default=None, help="DIR/<class>/* like flow_from_directory, or a flat folder of images")
+    b.add_argument("--out", type=Path, default=None, help="folder to write the site into (replaced as a whole when done)")
+    b.add_argument("--show-paths", action="store_true", help="show local paths as given (default: relative to the working folder, or base names)")
     b.add_argument("--image", action="append", default=[], type=Path, metavar="PATH", help="an image to draw through every layer (repeatable); default: one from the dataset, drawn with --seed")
     b.add_argument("--seed", type=_int, default=0, help="seed for the image drawn from the dataset (default 0)")
     b.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
@@ -87,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="only the layers whose name matches this glob get feature maps and units (repeatable; a leading ! excludes, e.g. '!*_bn'); default all")
     b.add_argument("--class-names", type=Path, default=None, metavar="FILE",
                    help="readable class names: JSON {folder: name}, one name per line in class order, or folder<TAB>name lines")
+    b.add_argument("--mlflow", action="store_true", help="also log the report to MLflow (the active run or a new one; MLFLOW_TRACKING_URI chooses where)")
+    b.add_argument("--summary-only", action="store_true", help="write only summary.html (the report in one self-contained file)")
     b.add_argument("--max-gallery", type=_positive_int, default=64, metavar="N", help="images per confusion cell's gallery (default 64)")
     b.add_argument("--cam-layer", default=None, metavar="NAME", help="the layer class activation maps read (default: the last with a map larger than 1 x 1)")
     b.add_argument("--relevance", action="store_true", help="one extra pass: every unit's contribution to each class, and its top images by relevance")
@@ -105,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--unsafe", action="store_true", help="allow loading models that run Python code (Lambda layers); only for files you trust")
     b.add_argument("--timestamp", action="store_true", help="print the build time in the page footers (off: builds are byte-identical)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages, only errors")
+
+    c = sub.add_parser("compare", help="two reports on the same dataset side by side", description="Compare two report folders built on the same dataset: metrics, changed predictions, units' top images.")
+    c.add_argument("a", type=Path, help="the first report folder (A)")
+    c.add_argument("b", type=Path, help="the second report folder (B)")
+    c.add_argument("--out", required=True, type=Path, help="folder to write the comparison into")
+    c.add_argument("--force", action="store_true", help="replace --out even if it is a folder that reportgen did not write")
+    c.add_argument("-q", "--quiet", action="store_true", help="no messages, only errors")
 
     d = sub.add_parser("demo", help="train the embedded faces-vs-non-faces CNN and build its site (offline)", description="Build the sample site from scikit-image's bundled LFW photographs, offline.")
     d.add_argument("--out", required=True, type=Path, help="folder to write the site into")
@@ -142,14 +154,62 @@ def _load_tensorflow_quietly() -> None:
         pass  # build.py says what to install
 
 
+def _log_to_mlflow(result) -> None:
+    from reportgen import Report
+
+    try:
+        from reportgen.integrations.mlflow import log_report
+    except ImportError as exc:
+        raise UserError(f"--mlflow needs MLflow ({exc}): pip install 'reportgen[mlflow]'") from None
+    run = log_report(Report(out=Path(result.out), files=result.files, bytes=result.bytes, data=result.report))
+    log.info("logged to MLflow run %s", run)
+
+
 def _on_sigterm(signum, frame):  # `kill`: unwind like Ctrl-C so the temporary folder is removed
     raise KeyboardInterrupt
+
+
+# BuildOptions field <- the build parser's dest, where the two names differ
+_RENAMED = {"images": "image", "units": "unit"}
+
+
+def _build_parser_with_config(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with the --config file's values as the build command's defaults (flags still win)."""
+    parser = _parser()
+    if not argv or argv[0] != "build":
+        return parser
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    known, _ = pre.parse_known_args(argv[1:])
+    if known.config is None:
+        return parser
+    from reportgen.config import read_config
+
+    values = read_config(known.config)
+    build = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" build"))
+    build.set_defaults(**{_RENAMED.get(k, k): v for k, v in values.items()})
+    return parser
+
+
+def build_options(args):
+    """BuildOptions from the parsed `build` arguments."""
+    from dataclasses import fields
+
+    from reportgen.build import BuildOptions
+
+    for name in ("model", "data", "out"):
+        if getattr(args, name) is None:
+            raise UserError(f"the following argument is required: --{name} (or give it in --config) (see 'reportgen build --help')")
+    values = {f.name: getattr(args, _RENAMED.get(f.name, f.name)) for f in fields(BuildOptions)
+              if hasattr(args, _RENAMED.get(f.name, f.name))}
+    return BuildOptions(**values)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = _parser().parse_args(argv)
+        args = _build_parser_with_config(argv).parse_args(argv)
+        options = build_options(args) if args.command == "build" else None
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -162,22 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
     try:
         _load_tensorflow_quietly()
-        if args.command == "build":
-            from reportgen.build import BuildOptions, build
+        if args.command == "compare":
+            from reportgen.compare import compare, write_comparison
 
-            result = build(
-                BuildOptions(
-                    model=args.model, data=args.data, out=args.out, images=args.image, seed=args.seed,
-                    batch_size=args.batch_size, max_channels=args.max_channels, force=args.force, top_k=args.top_k,
-                    units=args.unit, preprocess=args.preprocess, rescale=args.rescale, interpolation=args.interpolation,
-                    input_size=args.input_size, output=args.output, layers=args.layers, max_gallery=args.max_gallery,
-                    cam_layer=args.cam_layer, relevance=args.relevance, class_names=args.class_names, unsafe=args.unsafe, quiet=args.quiet, timestamp=args.timestamp,
-                )
-            )
+            files, size = write_comparison(compare(args.a, args.b), args.out, args.force, {"report A": args.a, "report B": args.b})
+            log.info("wrote %s (%d files, %.1f MB): open %s", args.out, files, size / 1e6, args.out / "index.html")
+            return 0
+        if args.command == "build":
+            from reportgen.build import build
+
+            result = build(options)
         else:
             from reportgen.demo import run_demo
 
             result = run_demo(args.out, workdir=args.workdir, epochs=args.epochs, seed=args.seed, force=args.force, quiet=args.quiet)
+        if getattr(args, "mlflow", False):
+            _log_to_mlflow(result)
         log.info("wrote %s (%d files, %.1f MB): open %s", result.out, result.files, result.bytes / 1e6, result.out / "index.html")
         return 0
     except UserError as exc:

@@ -46,18 +46,19 @@ def notebook_model(input_size: int = INPUT_SIZE):
 
     return keras.Sequential(
         [
+            # names as Keras gives them in a fresh process, given explicitly: the demo's --unit names one
             keras.Input((input_size, input_size, 3)),
-            layers.Conv2D(32, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(64, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(128, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(128, 3, activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(512, activation="relu"),
-            layers.Dense(1, activation="sigmoid"),
+            layers.Conv2D(32, 3, activation="relu", name="conv2d"),
+            layers.MaxPooling2D(2, name="max_pooling2d"),
+            layers.Conv2D(64, 3, activation="relu", name="conv2d_1"),
+            layers.MaxPooling2D(2, name="max_pooling2d_1"),
+            layers.Conv2D(128, 3, activation="relu", name="conv2d_2"),
+            layers.MaxPooling2D(2, name="max_pooling2d_2"),
+            layers.Conv2D(128, 3, activation="relu", name="conv2d_3"),
+            layers.MaxPooling2D(2, name="max_pooling2d_3"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(512, activation="relu", name="dense"),
+            layers.Dense(1, activation="sigmoid", name="dense_1"),
         ],
         name="faces_vs_non_faces",
     )

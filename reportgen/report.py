@@ -335,3 +335,5 @@ class ReportData:
     warnings: list[str] = field(default_factory=list)  # shown on the index: never a silent guess
     explained: Explained | None = None  # mistakes, class activation maps, relevance (labelled datasets)
     class_names: list[str] = field(default_factory=list)  # how each class is shown (--class-names), by index
+    config: dict = field(default_factory=dict)  # the options as a --config file holds them (report.json records it)
+    evolution: object = None  # integrations.keras_callback.Evolution: snapshots over training (the callback)

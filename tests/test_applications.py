@@ -43,7 +43,7 @@ def build(name: str):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
-def test_family_traces_with_exact_fields(name):
+def test_family_traces_with_exact_fields_and_builds_a_site(name, tmp_path):
     from reportgen.model import trace_model
     from reportgen.model.tf import tf
     from reportgen.receptive import receptive_fields
@@ -88,3 +88,19 @@ def test_family_traces_with_exact_fields(name):
             assert not (grad[b] & ~inside).any(), f"{name} {node.name} ({r}, {c}): gradient outside the box {box}"
             checked += 1
     assert checked > 0
+
+    # and a site: every unit of every layer, over two images saved and read back as a user's would be
+    import json
+
+    import badfiles
+    from conftest import build_site
+
+    model.compile(loss="sparse_categorical_crossentropy")
+    model.save(tmp_path / f"{name}.keras")
+    badfiles.make_dataset(tmp_path / "data", {"a": 1, "b": 1})
+    assert build_site(tmp_path / f"{name}.keras", tmp_path / "data", tmp_path / "site") == 0
+    report = json.loads((tmp_path / "site" / "report.json").read_text())
+    assert len(report["layers"]) == len(traced.map_layers)
+    assert sum(layer["units"] for layer in report["layers"]) == sum(n.channels for n in traced.map_layers)
+    assert all((tmp_path / "site" / layer["page"]).is_file() and (tmp_path / "site" / layer["units_file"]).is_file() for layer in report["layers"])
+    assert all(layer["receptive_field"]["exact"] for layer in report["layers"])

@@ -50,8 +50,14 @@ def scan_dataset(
     probes: list[Probe] | None = None,
     heat_side: int | None = None,
     quiet: bool = False,
+    decoded=None,
+    miner: MiningStep | None = None,
 ) -> ScanResult:
-    """The one pass over the dataset: metrics, histograms, every unit's top K, heatmaps and thumbnails."""
+    """The one pass over the dataset: metrics, histograms, every unit's top K, heatmaps and thumbnails.
+
+    decoded: already decoded batches (dataset.Batch) to use instead of reading the files (the
+    training callback keeps its probe images in memory); miner: a MiningStep to reuse (its graph is
+    traced once)."""
     probes = probes or []
     preprocessing = preprocessing or DEFAULT_PREPROCESSING
     layers = traced.map_layers
@@ -62,7 +68,10 @@ def scan_dataset(
     predictions = PredictionStore(len(dataset.records), len(dataset.classes), mode, logits) if confusion is not None else None
     labels = np.array([-1 if r.label is None else r.label for r in dataset.records], dtype=np.int64)
     per_image_loss = PerImageLoss(traced.loss, mode, traced.info.num_outputs, labels)
-    miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, per_image_loss, side=heat_side)
+    if miner is None:
+        miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, per_image_loss, side=heat_side)
+    else:
+        miner.loss = per_image_loss
     state = miner.initial_state()
     heat = HeatStore(len(dataset.records), miner.tile)
     loss_sum = [0.0, 0]  # the loss over labelled images, and their count
@@ -88,7 +97,8 @@ def scan_dataset(
     # (TensorFlow releases the GIL); one thread, so batches are counted in order.
     with _progress(len(dataset.records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
         pending = None
-        for batch in iter_batches(dataset.records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec)):
+        source = decoded if decoded is not None else iter_batches(dataset.records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec))
+        for batch in source:
             n = len(batch.indices)
             pixels, ids = batch.pixels, batch.indices
             if n < batch_size:  # pad the last batch: the step keeps one shape and is traced once

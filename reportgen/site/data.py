@@ -144,6 +144,7 @@ def report_json(data, layer_rows: list[dict], errors: list[dict] | None = None) 
             "schema_version": SCHEMA_VERSION,
             "generator": {"name": "reportgen", "version": __version__},
             "options": data.options,
+            "config": data.config,
             "model": {
                 "name": info.name,
                 "path": info.path,

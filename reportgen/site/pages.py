@@ -20,7 +20,7 @@ from reportgen.site import data as site_data
 from reportgen.images import confusion_picture, encode_png, heat_atlas
 from reportgen.site.assets import HeatAtlases, grid_channels, write_feature_grid, write_thumbnail_sheets
 from reportgen.site.links import Links
-from reportgen.site.names import cell_page, class_page, content_path, layer_data, layer_page, probe_page, shape_text, unit_address
+from reportgen.site.names import cell_page, class_page, content_path, layer_data, layer_page, probe_page, shape_text, slug, unit_address
 from reportgen.site.views import IndexRow, LayerView, Pattern, cam_cards, cards, grid_view, group_rows, unit_lines
 
 log = logging.getLogger("reportgen")
@@ -147,6 +147,9 @@ class Renderer:
         self.index(chosen, [rows[n.name] for n in data.info.nodes], probes)
         report = site_data.report_json(data, report_layers, shown_errors)
         self.site.write("report.json", report)
+        self.site.write("summary.html", self.summary())
+        if data.evolution is not None:
+            self.evolution_page(report_layers)
         self.site.write(".nojekyll", b"")
         broken = self.links.broken(self.site.written)
         if broken:  # a bug of ours, not the user's: nothing is swapped in
@@ -187,6 +190,26 @@ class Renderer:
                 "thumb": self.site.write(content_path("img", content, ext), content), "cam": cam,
             })
         return views
+
+    def evolution_page(self, report_layers) -> None:
+        """evolution.html: metrics, top-K overlap with the previous snapshot and dead units, per epoch."""
+        evolution = self.data.evolution
+        snaps = evolution.snapshots
+        layers = [row["name"] for row in report_layers]
+        rows = [{"name": name, "page": layer_page(name),
+                 "overlap": [evolution.overlap(name, i) for i in range(len(snaps))],
+                 "dead": [s.dead.get(name) for s in snaps]} for name in layers]
+        keys = sorted({k for s in snaps for k in s.logs})
+        self.render("evolution.html", "evolution.html", snapshots=snaps, rows=rows, keys=keys)
+
+    def summary(self) -> bytes:
+        """summary.html: the report in one file (site/summary.py)."""
+        from reportgen.site.summary import summary_html
+
+        matrix = self.data.scan.metrics.confusion
+        picture = encode_png(confusion_picture(np.asarray(matrix))) if matrix and len(self.classes) > CONFUSION_TABLE else None
+        css = static_files()["static/style.css"].decode("utf-8")
+        return summary_html(self.data, self.env, self.classes, css, picture)
 
     def confusion_assets(self) -> dict | None:
         """Beyond CONFUSION_TABLE classes: the matrix as a picture, its non-zero cells for the page's
@@ -280,6 +303,13 @@ class Renderer:
         rf = data.fields[node.name]
         heat = atlases.write_layer(units)
         relevance = data.explained.relevance.get(node.name) if data.explained and data.explained.relevance else None
+        evolution = None
+        if data.evolution is not None:
+            snaps = data.evolution.snapshots
+            body = {"epochs": [s.epoch for s in snaps], "top": [[s.top[node.name][c][s.top[node.name][c] >= 0].tolist() for s in snaps]
+                                                              for c in range(node.channels)]}
+            evolution = f"data/evolution-{slug(node.name)}.js"
+            self.site.write(evolution, site_data.js_call("evolution", body))
         self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k, relevance))
         shown = grid_channels(node, data.max_channels)
         grids, sparsity = [], []
@@ -297,7 +327,8 @@ class Renderer:
         )
         sheets = sorted({u.best.sheet for u in lines if u.best})
         sizes = {t.sheet: (t.columns, t.rows) for t in (u.best for u in lines if u.best)}
-        self.render("layer.html", view.page, layer=view, max_channels=data.max_channels, top_k=data.top_k, sheets=sheets, sheet_sizes=sizes)
+        self.render("layer.html", view.page, layer=view, max_channels=data.max_channels, top_k=data.top_k, sheets=sheets, sheet_sizes=sizes,
+                    evolution=evolution)
         return view, sparsity
 
     def probe(self, probe) -> dict:
@@ -339,6 +370,7 @@ class Renderer:
             explained=data.explained,
             class_pages=self.class_pages,
             cell_pages={key: cell_page(*key) for key in (data.explained.galleries.cells if data.explained else {})},
+            evolution=data.evolution is not None,
             confusion=self.confusion,
             class_rows=self.class_rows(class_sizes),
             many=len(self.classes) > CLASS_TABLE,
@@ -352,6 +384,11 @@ class Renderer:
                  "page": self.class_pages[i] if self.class_pages else None} for i in range(len(folders))]
 
 
-def render_site(data, site) -> SiteSummary:
-    """Write every file of the site for `data` (report.ReportData) into `site` (writer.SiteFolder)."""
-    return Renderer(data, site).run()
+def render_site(data, site, summary_only: bool = False) -> SiteSummary:
+    """Write every file of the site for `data` (report.ReportData) into `site` (writer.SiteFolder);
+    with summary_only, only summary.html."""
+    renderer = Renderer(data, site)
+    if summary_only:
+        site.write("summary.html", renderer.summary())
+        return SiteSummary(site.files, site.bytes, json.loads(site_data.report_json(data, [], [])))
+    return renderer.run()

@@ -1,0 +1,1 @@
+"""reportgen inside other tools: MLflow runs (mlflow.py) and Keras training (keras_callback.py)."""
