@@ -8,6 +8,8 @@
   var layerData = null, imageData = null, options = {};
   RG.layer = function (d) { layerData = d; };
   RG.images = function (d) { imageData = d; };
+  var evolutionData = null;
+  RG.evolution = function (d) { evolutionData = d; };
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -162,11 +164,21 @@
         el("p", { class: "note", text: "Relevance: the unit's contribution to the logit of the class the model predicts for that image (gradient × activation, summed over positions). The cell marks its largest contribution." })
       ]);
     }
+    var over = null;
+    if (evolutionData) {
+      var rows = evolutionData.epochs.map(function (epoch, i) {
+        var ids = evolutionData.top[channel][i];
+        return el("div", { class: "epoch-row" }, [el("span", { class: "epoch", text: "epoch " + epoch })].concat(ids.map(function (id) {
+          return el("span", { class: "frame" }, [thumb(id)]);
+        })));
+      });
+      over = el("section", { class: "evolution-section", style: "--ar: " + layerData.input_hw[1] + " / " + layerData.input_hw[0] }, [el("h3", { text: "Over training: the top images, epoch by epoch" })].concat(rows));
+    }
     var warning = unit.dead ? el("p", { class: "warning", text: "This unit never fires: every image scores " + num(unit.max) + ", so these are simply the first images in dataset order." }) : null;
     var note = el("p", { class: "note", text: "Grid: one cell per position of the " + shape[1] + " × " + shape[2] + " map. Filled cell: where the maximum is. Outline: the pixels its receptive field reads" +
       (layerData.receptive_field.exact ? "" : " (not defined here: the grid cell)") + ", dashed where the field reaches into the padding. Heatmap: the unit's map on that image, 100% = the unit's top activation." });
     [nav, title, el("div", { class: "unit-head" }, [facts, histogram(unit.histogram)]), toggles(!unit.dead && unit.heat),
-      el("h3", { text: "Top " + unit.top.length + " images" }), warning, gallery, note, relevance].forEach(function (c) { if (c) view.appendChild(c); });
+      el("h3", { text: "Top " + unit.top.length + " images" }), warning, gallery, note, relevance, over].forEach(function (c) { if (c) view.appendChild(c); });
     view.hidden = false;
     document.title = layerData.layer + " · unit " + channel + " · " + document.title.split(" · ").slice(-2).join(" · ");
   }
