@@ -22,7 +22,7 @@ from reportgen.images import to_uint8
 from reportgen.receptive import receptive_fields
 from reportgen.report import ChosenImage, ReportData
 from reportgen.stats import as_probabilities, classification_mode, predicted_classes, prediction_text
-from reportgen.writer import SiteFolder, check_target
+from reportgen.writer import OutLock, SiteFolder, check_free_space, check_target
 
 log = logging.getLogger("reportgen")
 
@@ -49,6 +49,7 @@ class BuildOptions:
     relevance: bool = False  # the extra pass: every unit's contribution to each class
     class_names: Path | None = None  # readable names for the class folders
     summary_only: bool = False  # write summary.html alone, not the site
+    wait: bool = False  # wait for another build writing the same --out, instead of failing
     show_paths: bool = False  # show local paths as given (default: relative to the working folder, or base names)
     config: Path | None = None  # the --config file these options came from (recorded, not read here)
     output: str | None = None  # which output to evaluate, for models with several
@@ -167,14 +168,34 @@ def shown_path(path, opts: BuildOptions) -> str:
 
 def build(opts: BuildOptions) -> BuildResult:
     out = Path(opts.out)
-    check_target(out, opts.force, _keep(opts))  # fail before the long pass, not after it
-    data = gather(opts)
-    from reportgen.site.pages import render_site
+    with OutLock(out, wait=opts.wait):  # one build per --out, from the first check to the last write
+        check_target(out, opts.force, _keep(opts))  # fail before the long pass, not after it
+        data = gather(opts)
+        check_free_space(out, estimated_size(data))
+        from reportgen.site.pages import render_site
 
-    with SiteFolder(out, opts.force, _keep(opts)) as site:
-        summary = render_site(data, site, summary_only=opts.summary_only)
-        site.commit()
+        with SiteFolder(out, opts.force, _keep(opts)) as site:
+            summary = render_site(data, site, summary_only=opts.summary_only)
+            site.commit()
     return BuildResult(out=out, files=summary.files, bytes=summary.bytes, report=summary.report)
+
+
+def estimated_size(data) -> int:
+    """About how many bytes the site takes (to refuse before writing when the disk cannot hold it)."""
+    units = sum(u.channels for u in data.scan.units.values())
+    k = data.top_k
+    heat = sum(u.heat.size for u in data.scan.units.values()) // 2  # grey atlases compress about by half
+    thumbs = sum(len(t.data) for t in data.scan.thumbnails.values())
+    if data.explained:
+        thumbs += sum(len(t.data) for t in data.explained.thumbnails.values())
+    layers = len(data.scan.units)
+    return int(heat + thumbs + units * (k * 30 + 200) + layers * 150_000 + 1_000_000)
+
+
+def estimated_size_before_pass(traced, dataset, top_k: int) -> int:
+    """A lower bound before the pass: the per-unit data and pages alone."""
+    units = sum(n.channels for n in traced.map_layers)
+    return int(units * (top_k * 30 + 200) + len(traced.map_layers) * 50_000)
 
 
 def gather(opts: BuildOptions) -> ReportData:
@@ -211,6 +232,7 @@ def gather(opts: BuildOptions) -> ReportData:
     if traced.loss.note and traced.info.num_outputs:
         log.warning("loss not computed: %s", traced.loss.note)
     probes = _probes(opts.units, traced)
+    check_free_space(Path(opts.out), estimated_size_before_pass(traced, dataset, opts.top_k))  # before the long pass
     picked = choose_images(opts, dataset, traced.spec, resizer(traced.spec))
     pixels = np.stack([p for _, _, p in picked])
     try:  # the chosen images go first, in graph mode as in the pass: a model TensorFlow cannot run fails here
@@ -295,7 +317,7 @@ def build_config(opts: BuildOptions) -> dict:
 
     out = {}
     for f in fields(BuildOptions):
-        if f.name in ("model_label", "data_label", "config", "quiet", "out", "force"):
+        if f.name in ("model_label", "data_label", "config", "quiet", "out", "force", "wait"):
             continue  # where and whether to write is not part of the site: give --out when rebuilding
         value = getattr(opts, f.name)
         if f.name == "model" and not isinstance(value, (str, Path)):

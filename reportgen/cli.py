@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, default=None, help="the model file, as you have it: .keras, .h5 (any Keras 2 or 3 era)")
     b.add_argument("--data", type=Path, default=None, help="DIR/<class>/* like flow_from_directory, or a flat folder of images")
     b.add_argument("--out", type=Path, default=None, help="folder to write the site into (replaced as a whole when done)")
+    b.add_argument("--wait", action="store_true", help="if another build is writing --out, wait for it instead of failing")
     b.add_argument("--show-paths", action="store_true", help="show local paths as given (default: relative to the working folder, or base names)")
     b.add_argument("--image", action="append", default=[], type=Path, metavar="PATH", help="an image to draw through every layer (repeatable); default: one from the dataset, drawn with --seed")
     b.add_argument("--seed", type=_int, default=0, help="seed for the image drawn from the dataset (default 0)")

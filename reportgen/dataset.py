@@ -87,12 +87,16 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """All non-hidden files below `folder`, sorted like Keras (by folder, then name); links to folders are not followed."""
+def _walk_files(folder: Path, unreadable: list[Path] | None = None) -> list[Path]:
+    """All non-hidden files below `folder`, sorted like Keras (by folder, then name); links to folders
+    are not followed. Folders that cannot be listed go to `unreadable`."""
     found = []
-    for dirpath, dirnames, filenames in sorted(os.walk(folder), key=lambda entry: entry[0]):
+    errors: list[OSError] = []
+    for dirpath, dirnames, filenames in sorted(os.walk(folder, onerror=errors.append), key=lambda entry: entry[0]):
         dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
         found.extend(Path(dirpath) / f for f in sorted(filenames) if not _is_hidden(f))
+    if unreadable is not None:
+        unreadable.extend(Path(e.filename) for e in errors if e.filename)
     return found
 
 
@@ -104,7 +108,10 @@ def discover(root: Path | str) -> Dataset:
     if not root.is_dir():
         raise UserError(f"{root}: is a file, not a folder (--data takes a folder of class folders, or of images)")
 
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise UserError(f"{root}: cannot list the folder ({exc.strerror or exc})") from None
     class_dirs = [e for e in entries if e.is_dir(follow_symlinks=True) and not _is_hidden(e.name)]
     loose = [Path(e.path) for e in entries if e.is_file() and not _is_hidden(e.name)]
     ignored: list[Skipped] = []
@@ -114,10 +121,11 @@ def discover(root: Path | str) -> Dataset:
 
     records: list[ImageRecord] = []
     classes: list[str] = []
+    unreadable: list[Path] = []
     if class_dirs:
         classes = [e.name for e in class_dirs]
         for label, entry in enumerate(class_dirs):
-            for path in _walk_files(Path(entry.path)):
+            for path in _walk_files(Path(entry.path), unreadable):
                 if _is_image_name(path.name):
                     records.append(ImageRecord(len(records), path, rel(path), label))
                 else:
@@ -131,6 +139,8 @@ def discover(root: Path | str) -> Dataset:
             else:
                 ignored.append(Skipped(rel(path), "not an image file (by its extension)"))
 
+    for folder in unreadable:
+        ignored.append(Skipped(rel(folder) + "/", "cannot list the folder (permission denied or gone): its images are left out"))
     if not records:
         where = f"in its {len(classes)} class folder(s)" if classes else "in it"
         raise UserError(

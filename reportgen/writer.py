@@ -3,14 +3,26 @@
 A build that fails or is interrupted leaves the previous site exactly as it was. A folder is
 only ever replaced if it is empty, or a previous report of this tool (it holds MARKER), or the
 user said --force; and never if it holds the dataset or the model.
+
+One writer per --out: a build holds an exclusive lock (fcntl.flock) on `.<out>.reportgen-lock`
+beside --out from its first check to its last write; a second build on the same folder fails at
+once naming the first (its pid and start time), or waits for it (--wait). A temporary folder left
+by a killed build is removed only by a build that holds the lock, so never while its maker runs.
+
+Disk and file system errors while writing (no space, quota, read-only, permission) end the build
+with one line naming the path and the cause; the previous site stays, no temporary folder is left.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from reportgen.errors import UserError
@@ -53,6 +65,88 @@ def check_target(out: Path, force: bool, keep: dict[str, Path]) -> None:
         )
 
 
+_DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system",
+                errno.EACCES: "permission denied", errno.EPERM: "operation not permitted"}
+
+
+def disk_error(path, exc: OSError) -> UserError:
+    """One line for an OSError met while writing the site."""
+    cause = _DISK_ERRORS.get(exc.errno, exc.strerror or str(exc))
+    return UserError(f"{path}: cannot write the site: {cause}; the previous site (if any) is unchanged")
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    """Refuse before writing when the file system beside --out has less free space than the site needs."""
+    parent = Path(out).absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    if needed > free:
+        raise UserError(f"{out}: needs about {needed / 1e6:.0f} MB, {free / 1e6:.0f} MB free on {_mount_of(parent)}")
+
+
+def _mount_of(path: Path) -> str:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return str(path)
+
+
+_HELD: dict[str, int] = {}  # lock file -> open descriptor, for the locks this process holds
+
+
+class OutLock:
+    """The exclusive lock on `.<out>.reportgen-lock` beside `out`; re-entrant within one process."""
+
+    def __init__(self, out: Path, wait: bool = False) -> None:
+        out = Path(out).absolute()
+        self.path = out.parent / f".{out.name}.reportgen-lock"
+        self.wait = wait
+        self.owner = False
+
+    def __enter__(self) -> "OutLock":
+        import fcntl
+
+        key = str(self.path)
+        if key in _HELD:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise disk_error(self.path.parent, exc) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            if not self.wait:
+                os.close(fd)
+                raise UserError(f"{self.path.parent / self.path.name[1:-len('.reportgen-lock')]}: another reportgen build is writing it "
+                                f"({holder}); wait for it to end, or pass --wait") from None
+            log.info("waiting for the other build writing this folder (%s)", holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
+        _HELD[key] = fd
+        self.owner = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owner:  # the file stays (removing it would let two builds lock two different files)
+            os.close(_HELD.pop(str(self.path)))
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {info.get('started', '?')}"
+    except (OSError, ValueError):
+        return "pid unknown"
+
+
 def _remove_stale(out: Path) -> None:
     """Temporary folders left by a build that was killed outright (kill -9): ours, and marked incomplete."""
     for stale in out.parent.glob(_tmp_prefix(out) + "*"):
@@ -81,13 +175,22 @@ class SiteFolder:
         self._written: set[str] = set()
 
     def __enter__(self) -> "SiteFolder":
-        check_target(self.out, self.force, self.keep)
-        parent = self.out.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale(self.out.absolute())
-        self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(self.out), dir=parent))
-        (self.tmp / _INCOMPLETE).write_bytes(b"")
-        os.chmod(self.tmp, 0o755)
+        self.lock = OutLock(self.out)
+        self.lock.__enter__()
+        try:
+            check_target(self.out, self.force, self.keep)
+            parent = self.out.absolute().parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+                _remove_stale(self.out.absolute())  # we hold the lock: no build of this folder is running
+                self.tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(self.out), dir=parent))
+                (self.tmp / _INCOMPLETE).write_bytes(b"")
+                os.chmod(self.tmp, 0o755)
+            except OSError as exc:
+                raise disk_error(parent, exc) from None
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def write(self, rel: str, data: bytes) -> str:
@@ -95,8 +198,11 @@ class SiteFolder:
         if rel in self._written:
             return rel
         target = self.tmp / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError as exc:
+            raise disk_error(self.out, exc) from None
         self._written.add(rel)
         self.files += 1
         self.bytes += len(data)
@@ -111,15 +217,21 @@ class SiteFolder:
 
     def commit(self) -> None:
         check_target(self.out, self.force, self.keep)
-        (self.tmp / MARKER).write_bytes(MARKER_TEXT)
-        (self.tmp / _INCOMPLETE).unlink()
-        _swap_in(self.tmp, self.out.absolute())
+        try:
+            (self.tmp / MARKER).write_bytes(MARKER_TEXT)
+            (self.tmp / _INCOMPLETE).unlink()
+            _swap_in(self.tmp, self.out.absolute())
+        except OSError as exc:
+            raise disk_error(self.out, exc) from None
         self.tmp = None
 
     def __exit__(self, *exc) -> None:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+        if getattr(self, "lock", None) is not None:
+            self.lock.__exit__()
+            self.lock = None
 
 
 def write_site(out: Path, files: dict[str, bytes], force: bool = False, keep: dict[str, Path] | None = None) -> None:

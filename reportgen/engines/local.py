@@ -93,28 +93,52 @@ def scan_dataset(
             loss_sum[1] += len(indices)
 
     seen = batches = 0
+    size = batch_size  # halved on an out-of-memory error, for the rest of the pass
+
+    def run(pixels, ids):
+        """One step; on an out-of-memory error, a step half the size (traced anew) over the same images,
+        in the same order, so the result is the one a smaller batch from the start gives."""
+        nonlocal miner, size, state
+        while True:
+            n = len(ids)
+            if n < size:  # pad a short batch: the step keeps one shape and is traced once
+                pixels = np.concatenate([pixels, np.zeros((size - n, *pixels.shape[1:]), pixels.dtype)])
+                ids = np.concatenate([ids, np.full(size - n, -1, ids.dtype)])
+            try:
+                out = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), state)
+            except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+                if size == 1:
+                    raise UserError(f"out of memory even with a batch of 1 image ({type(exc).__name__}); the model does not fit in this machine's memory") from None
+                size //= 2
+                log.warning("out of memory with batches of %d images: going on with batches of %d", size * 2, size)
+                miner = MiningStep(traced, top_k, probes, preprocessing, size, per_image_loss, side=miner.side)
+                return [r for chunk in range(0, n, size) for r in run(pixels[chunk : min(chunk + size, n)], ids[chunk : min(chunk + size, n)])]
+            state = out[-1]
+            return [(out, n)]
+
     # The host-side statistics of one batch run in a helper thread while the graph runs the next
     # (TensorFlow releases the GIL); one thread, so batches are counted in order.
     with _progress(len(dataset.records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
         pending = None
         source = decoded if decoded is not None else iter_batches(dataset.records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec))
         for batch in source:
-            n = len(batch.indices)
-            pixels, ids = batch.pixels, batch.indices
-            if n < batch_size:  # pad the last batch: the step keeps one shape and is traced once
-                pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
-                ids = np.concatenate([ids, np.full(batch_size - n, -1, ids.dtype)])
-            preds, maxima, losses, entered, fresh, state = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), state)
-            if pending is not None:
-                pending.result()
-            pending = stats.submit(update_stats, preds[:n], maxima[:n], losses[:n], entered, fresh, batch.indices, batch.pixels)
-            seen += n
-            batches += 1
-            if batches % PRUNE_EVERY == 0:
-                pending.result()
-                current = state[1].numpy()
-                _keep_only(thumbnails, current)
-                heat.keep(current[: miner.units])
+            for start in range(0, len(batch.indices), size):
+                part_ids = batch.indices[start : start + size]
+                part_pixels = batch.pixels[start : start + size]
+                done = 0
+                for (preds, maxima, losses, entered, fresh, _), n in run(part_pixels, part_ids):
+                    if pending is not None:
+                        pending.result()
+                    pending = stats.submit(update_stats, preds[:n], maxima[:n], losses[:n], entered, fresh,
+                                           part_ids[done : done + n], part_pixels[done : done + n])
+                    done += n
+                    seen += n
+                    batches += 1
+                    if batches % PRUNE_EVERY == 0:
+                        pending.result()
+                        current = state[1].numpy()
+                        _keep_only(thumbnails, current)
+                        heat.keep(current[: miner.units])
             bar.update(seen + len(skipped) - bar.n)
         if pending is not None:
             pending.result()
