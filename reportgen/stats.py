@@ -143,47 +143,28 @@ def prediction_text(scores: np.ndarray, classes: list[str], mode: str, logits: b
 TOP = 5  # classes kept per image (top-5 accuracy)
 
 
-class PredictionStore:
-    """Every image's prediction, filled batch by batch: predicted class, its probability, the true
-    class's probability and the top classes. O(images x TOP), never images x classes."""
-
-    def __init__(self, images: int, classes: int, mode: str, logits: bool) -> None:
-        self.mode, self.logits = mode, logits
-        self.classes = classes
-        t = min(TOP, classes)
-        self.read = np.zeros(images, dtype=bool)
-        self.labels = np.full(images, -1, dtype=np.int64)
-        self.predicted = np.full(images, -1, dtype=np.int64)
-        self.confidence = np.zeros(images, dtype=np.float32)
-        self.true_score = np.zeros(images, dtype=np.float32)
-        self.top = np.full((images, t), -1, dtype=np.int32)
-        self.top_scores = np.zeros((images, t), dtype=np.float32)
-        self.true_rank = np.full(images, -1, dtype=np.int32)
-
-    def update(self, indices: np.ndarray, labels: np.ndarray, raw: np.ndarray) -> None:
-        probs = as_probabilities(raw, self.logits)
-        if self.mode == "binary":  # one sigmoid output: class 1 has p, class 0 has 1 - p
-            probs = np.concatenate([1.0 - probs, probs], axis=1)
-        predicted = predicted_classes(raw, self.mode, self.logits)
-        t = self.top.shape[1]
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :t]
-        self.read[indices] = True
-        self.labels[indices] = labels
-        self.predicted[indices] = predicted
-        self.confidence[indices] = probs[np.arange(len(indices)), predicted]
-        self.true_score[indices] = np.where(labels >= 0, probs[np.arange(len(indices)), np.maximum(labels, 0)], 0.0)
-        self.top[indices] = order
-        self.top_scores[indices] = np.take_along_axis(probs, order, axis=1)
+def score_images(labels: np.ndarray, raw: np.ndarray, mode: str, logits: bool, classes: int) -> dict[str, np.ndarray]:
+    """A batch's predictions, per image: predicted class, its probability, the true class's
+    probability, the t = min(TOP, classes) most probable classes and their probabilities, and the
+    true class's rank. O(images x TOP), never images x classes once the batch is done."""
+    probs = as_probabilities(raw, logits)
+    if mode == "binary":  # one sigmoid output: class 1 has p, class 0 has 1 - p
+        probs = np.concatenate([1.0 - probs, probs], axis=1)
+    predicted = predicted_classes(raw, mode, logits)
+    t = min(TOP, classes)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :t]
+    rows = np.arange(len(labels))
+    true = probs[rows, np.maximum(labels, 0)]
+    return {
+        "predicted": predicted,
+        "confidence": probs[rows, predicted].astype(np.float32),
+        "true_score": np.where(labels >= 0, true, 0.0).astype(np.float32),
+        "top": order.astype(np.int32),
+        "top_scores": np.take_along_axis(probs, order, axis=1).astype(np.float32),
         # classes scored strictly above the true one: in the top k when below k, ties counting as in
         # (as tf.math.in_top_k and Keras's TopKCategoricalAccuracy)
-        true = probs[np.arange(len(indices)), np.maximum(labels, 0)]
-        self.true_rank[indices] = np.where(labels >= 0, (probs > true[:, None]).sum(axis=1), -1)
-
-    def result(self):
-        from reportgen.report import Predictions
-
-        return Predictions(read=self.read, labels=self.labels, predicted=self.predicted, confidence=self.confidence,
-                           true_score=self.true_score, top=self.top, top_scores=self.top_scores, true_rank=self.true_rank)
+        "true_rank": np.where(labels >= 0, (probs > true[:, None]).sum(axis=1), -1).astype(np.int32),
+    }
 
 
 def top_k_accuracy(predictions, classes: int, k: int = TOP) -> tuple[float | None, list[float | None]]:

@@ -226,6 +226,7 @@ class MiningStep:
             input_signature=[
                 tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], pixel_dtype(traced)),
                 tf.TensorSpec([batch_size], tf.int32),
+                tf.TensorSpec([batch_size], tf.int32),
                 tuple(table),
             ],
         )
@@ -305,8 +306,9 @@ class MiningStep:
             level = tf.pad(level, [[0, 0], [0, self.tile - hs * ws]])
         return tf.cast(where[:, 0], tf.int32) + seg.start, tf.gather(ids, image), level
 
-    def _step(self, pixels, ids, state):
-        """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K)."""
+    def _step(self, pixels, ids, labels, state):
+        """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K);
+        labels: each image's class (-1: none), for the per-image loss."""
         vals, top_ids, pos = state
         outs = self.tap(_input(pixels, self.preprocessing), training=False)
         preds, maps = outs[0], outs[1:]
@@ -326,7 +328,7 @@ class MiningStep:
         ]
         heat = tuple(tf.concat([p[i] for p in parts], axis=0) for i in range(3))
         entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
-        losses = self.loss(ids, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
+        losses = self.loss(labels, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
         return preds, batch_max, losses, entered, heat, table
 
 
@@ -381,7 +383,7 @@ class PerImageLoss:
     `model.evaluate` does: Keras computes a sigmoid/softmax output's cross-entropy from the logits
     that tensor carries, which differs from the clipped probabilities where the model is confident."""
 
-    def __init__(self, loss: LossSpec, mode: str, num_outputs: int, labels: np.ndarray) -> None:
+    def __init__(self, loss: LossSpec, mode: str, num_outputs: int) -> None:
         self.enabled = loss.fn is not None and mode != "none"
         if not self.enabled:
             return
@@ -390,10 +392,9 @@ class PerImageLoss:
         self.sparse = "sparse" in f"{loss.name} {type(fn).__name__} {getattr(fn, 'fn', '')}".lower()
         self.mode = mode
         self.num_outputs = num_outputs
-        self.labels = tf.constant(np.maximum(labels, 0).astype(np.int32))
 
-    def __call__(self, ids, preds):
-        labels = tf.gather(self.labels, tf.maximum(ids, 0))
+    def __call__(self, labels, preds):
+        labels = tf.maximum(labels, 0)
         if self.mode == "binary":
             y_true = tf.cast(labels, preds.dtype)[:, None]
         elif self.sparse:

@@ -66,7 +66,7 @@ class ReportCallback(keras.callbacks.Callback):
 
     def _setup(self) -> None:
         from reportgen.dataset import Dataset, ImageRecord, discover, iter_batches
-        from reportgen.engines.mining import MiningStep
+        from reportgen.engines.mining import MiningStep, PerImageLoss
         from reportgen.images import make_thumbnail
         from reportgen.model.preprocess import choose_preprocessing, resizer
         from reportgen.model.trace import trace_model
@@ -88,7 +88,11 @@ class ReportCallback(keras.callbacks.Callback):
         self.skipped = skipped
         self.thumbnails = {int(i): make_thumbnail(px) for b in self._probe_batches for i, px in zip(b.indices, b.pixels)}
         self.fields = receptive_fields(self.traced.info.nodes, (self.traced.spec.height, self.traced.spec.width))
-        self.miner = MiningStep(self.traced, self.top_k, [], self.preprocessing, self.batch_size)
+        from reportgen.stats import classification_mode
+
+        mode, _ = classification_mode(self.traced.info.num_outputs, len(full.classes))
+        self.miner = MiningStep(self.traced, self.top_k, [], self.preprocessing, self.batch_size,
+                                PerImageLoss(self.traced.loss, mode, self.traced.info.num_outputs))
         self.chosen_pixels = self._probe_batches[0].pixels[:1]
         self._ready = True
 
