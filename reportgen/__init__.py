@@ -73,7 +73,7 @@ def build_report(model, data, out, *, mlflow: bool = False, **options) -> Report
     from reportgen.build import BuildOptions, build
     from reportgen.errors import UserError
 
-    known = {f.name for f in fields(BuildOptions)} - {"model", "data", "out"}
+    known = {f.name for f in fields(BuildOptions)} - {"model", "data", "out", "shard", "partial_out", "partials"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"build_report() got unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")

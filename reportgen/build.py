@@ -56,10 +56,23 @@ class BuildOptions:
     unsafe: bool = False
     quiet: bool = False
     timestamp: bool = False
+    # Where the pass runs (ENGINE_OPTIONS: they change where, never what)
+    engine: str = "local"  # local | ray
+    ray_address: str | None = None  # an existing Ray cluster (default: a local one started for the run)
+    workers: int | None = None  # Ray actors (default: one per CPU, or per --gpus-per-worker GPUs)
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    ray_chunk: int | None = None  # images per Ray task (default: about 4 tasks per worker, at most 4096)
+    shard: tuple[int, int] | None = None  # (I, N): this run is shard I of N (counting from 0)
+    partial_out: Path | None = None  # where a shard writes its partial state
+    partials: list[Path] = field(default_factory=list)  # `reportgen merge`: the shards' partial states
     # How the model and dataset paths are shown (default: as given); the demo shows stable names
     # instead of its temporary folder, so that its site is byte-identical from run to run.
     model_label: str | None = None
     data_label: str | None = None
+
+
+ENGINE_OPTIONS = ("engine", "ray_address", "workers", "gpus_per_worker", "cpus_per_worker", "ray_chunk", "shard", "partial_out", "partials")
 
 
 @dataclass
@@ -207,31 +220,11 @@ def gather(opts: BuildOptions) -> ReportData:
     log.info("dataset %s: %d image files%s", dataset.root, len(dataset.records),
              f" in {len(dataset.classes)} classes" if dataset.classes else " (flat folder, no labels)")
 
-    try:  # TensorFlow loads here, after the cheap checks
-        from reportgen.model import load_model, trace_model
-        from reportgen.model.preprocess import choose_preprocessing, resizer
-        from reportgen.engines.local import run_images, scan_dataset
-    except ImportError as exc:
-        raise UserError(
-            f"TensorFlow with Keras 3 is needed ({exc}): pip install 'reportgen[cpu]' (CPU) or 'reportgen[tf]' (full TensorFlow)"
-        ) from None
+    prepared = prepare_model(opts)
+    traced, preprocessing, warnings, probes = prepared.traced, prepared.preprocessing, prepared.warnings, prepared.probes
+    from reportgen.engines.local import run_images
+    from reportgen.model.preprocess import resizer
 
-    loaded = load_model(opts.model, unsafe=opts.unsafe) if isinstance(opts.model, (str, Path)) else _in_memory(opts.model)
-    for repair in loaded.repairs:
-        log.info("repaired (in a temporary copy): %s [%s]", repair.what, ", ".join(repair.layers[:5]) + (", ..." if len(repair.layers) > 5 else ""))
-    traced = trace_model(
-        loaded.model, _model_name(opts), loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation,
-        layers=opts.layers,
-    )
-    traced.info.file_format, traced.info.repairs = loaded.file_format, loaded.repairs
-    preprocessing, warnings = choose_preprocessing(
-        loaded.model, traced.spec.channels, mode=opts.preprocess, rescale=opts.rescale, interpolation=opts.interpolation
-    )
-    for warning in warnings:
-        log.warning("warning: %s", warning)
-    if traced.loss.note and traced.info.num_outputs:
-        log.warning("loss not computed: %s", traced.loss.note)
-    probes = _probes(opts.units, traced)
     check_free_space(Path(opts.out), estimated_size_before_pass(traced, dataset, opts.top_k))  # before the long pass
     picked = choose_images(opts, dataset, traced.spec, resizer(traced.spec))
     pixels = np.stack([p for _, _, p in picked])
@@ -243,9 +236,7 @@ def gather(opts: BuildOptions) -> ReportData:
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise UserError(f"{_model_name(opts)}: the model fails when run on an image: {message}") from None
 
-    scan = scan_dataset(
-        traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=preprocessing, probes=probes, quiet=opts.quiet
-    )
+    scan = run_pass(opts, prepared, dataset)
     for skipped in scan.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if scan.metrics.note:
@@ -308,6 +299,108 @@ def gather(opts: BuildOptions) -> ReportData:
     )
 
 
+@dataclass
+class PreparedModel:
+    """The model as the pass runs it: loaded (and repaired), traced, with its preprocessing and probes."""
+
+    loaded: object  # model.load.LoadedModel
+    traced: object  # model.TracedModel
+    preprocessing: object  # model.preprocess.Preprocessing
+    warnings: list[str]
+    probes: list
+
+
+def prepare_model(opts: BuildOptions, announce: bool = True) -> PreparedModel:
+    """Load, repair and trace the model, and choose its preprocessing (also what each Ray worker does)."""
+    try:  # TensorFlow loads here, after the cheap checks
+        from reportgen.model import load_model, trace_model
+        from reportgen.model.preprocess import choose_preprocessing
+    except ImportError as exc:
+        raise UserError(
+            f"TensorFlow with Keras 3 is needed ({exc}): pip install 'reportgen[cpu]' (CPU) or 'reportgen[tf]' (full TensorFlow)"
+        ) from None
+
+    loaded = load_model(opts.model, unsafe=opts.unsafe) if isinstance(opts.model, (str, Path)) else _in_memory(opts.model)
+    traced = trace_model(
+        loaded.model, _model_name(opts), loss=loaded.loss, input_size=opts.input_size, output=opts.output, interpolation=opts.interpolation,
+        layers=opts.layers,
+    )
+    traced.info.file_format, traced.info.repairs = loaded.file_format, loaded.repairs
+    preprocessing, warnings = choose_preprocessing(
+        loaded.model, traced.spec.channels, mode=opts.preprocess, rescale=opts.rescale, interpolation=opts.interpolation
+    )
+    if announce:
+        for repair in loaded.repairs:
+            log.info("repaired (in a temporary copy): %s [%s]", repair.what, ", ".join(repair.layers[:5]) + (", ..." if len(repair.layers) > 5 else ""))
+        for warning in warnings:
+            log.warning("warning: %s", warning)
+        if traced.loss.note and traced.info.num_outputs:
+            log.warning("loss not computed: %s", traced.loss.note)
+    return PreparedModel(loaded, traced, preprocessing, warnings, _probes(opts.units, traced))
+
+
+def pass_fingerprint(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset) -> dict:
+    from reportgen.engines.shards import fingerprint
+
+    return fingerprint(prepared.traced, dataset, prepared.preprocessing, prepared.probes, opts.top_k, opts.batch_size)
+
+
+def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset):
+    """The pass over the dataset, on the chosen engine: in this process, on Ray, or merged from
+    the partial states of shards run elsewhere (`reportgen merge`). One result whichever runs it."""
+    from reportgen.engines.partial import finish
+
+    traced = prepared.traced
+    if opts.partials:
+        from reportgen.engines.shards import merge_files
+
+        partial = merge_files(opts.partials, pass_fingerprint(opts, prepared, dataset), quiet=opts.quiet)
+    elif opts.engine == "ray":
+        from reportgen.engines.ray import scan_on_ray
+
+        partial = scan_on_ray(opts, prepared, dataset, pass_fingerprint(opts, prepared, dataset))
+    else:
+        from reportgen.engines.local import scan_dataset
+
+        return scan_dataset(traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=prepared.preprocessing,
+                            probes=prepared.probes, quiet=opts.quiet)
+    if partial.num_images == 0:
+        first = partial.skipped[0][1] if partial.skipped else None
+        raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read"
+                        + (f" ({first.path}: {first.reason}, ...)" if first else ""))
+    return finish(partial, traced, dataset.classes, prepared.probes)
+
+
+def build_shard(opts: BuildOptions) -> Path:
+    """`reportgen build --shard I/N --partial-out DIR`: one part of the pass, written as a partial state."""
+    from reportgen.engines.local import mine
+    from reportgen.engines.shards import shard_records, write_partial
+
+    dataset = discover(opts.data)
+    index, count = opts.shard or (0, 1)
+    records = shard_records(dataset.records, index, count)
+    prepared = prepare_model(opts)
+    log.info("shard %d of %d: images %s of %d", index, count,
+             f"{records[0].index}..{records[-1].index}" if records else "none", len(dataset.records))
+    fp = pass_fingerprint(opts, prepared, dataset)
+    partial = mine(prepared.traced, dataset, records, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=prepared.preprocessing,
+                   probes=prepared.probes, quiet=opts.quiet, fingerprint=fp)
+    for _, skipped in partial.skipped:
+        log.warning("skipped %s: %s", skipped.path, skipped.reason)
+    partial.meta = {"shard": [index, count], "config": shard_config(opts)}
+    return write_partial(partial, Path(opts.partial_out), index, count)
+
+
+def shard_config(opts: BuildOptions) -> dict:
+    """The options `reportgen merge` builds the site with: the shards' own (paths as given: not published)."""
+    config = build_config(opts)
+    for name in ("model", "data", "class_names"):
+        if getattr(opts, name) is not None and isinstance(getattr(opts, name), (str, Path)):
+            config[name] = str(Path(getattr(opts, name)).absolute())
+    config["images"] = [str(Path(p).absolute()) for p in opts.images]
+    return config
+
+
 def build_config(opts: BuildOptions) -> dict:
     """Every option that differs from its default, as a --config file holds it (report.json records
     it, so `reportgen build --config site/report.json --out site` builds the same site again)."""
@@ -317,8 +410,8 @@ def build_config(opts: BuildOptions) -> dict:
 
     out = {}
     for f in fields(BuildOptions):
-        if f.name in ("model_label", "data_label", "config", "quiet", "out", "force", "wait"):
-            continue  # where and whether to write is not part of the site: give --out when rebuilding
+        if f.name in ("model_label", "data_label", "config", "quiet", "out", "force", "wait") or f.name in ENGINE_OPTIONS:
+            continue  # where and whether to write, and where the pass runs, are not part of the site: give --out when rebuilding
         value = getattr(opts, f.name)
         if f.name == "model" and not isinstance(value, (str, Path)):
             continue  # a keras.Model object: nothing a file could name

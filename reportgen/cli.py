@@ -56,6 +56,16 @@ def _rescale(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
 def _size(text: str) -> tuple[int, int]:
     parts = text.replace("x", ",").split(",")
     try:
@@ -72,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="reportgen", description="A static site of what a Keras image classifier computes, layer by layer and unit by unit.")
     parser.add_argument("--version", action="version", version=f"reportgen {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{build,compare,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{build,merge,compare,demo}")
 
     b = sub.add_parser("build", help="build the site for your model and image folder", description="Run a Keras model over an image folder in one pass and write a static site.")
     b.add_argument("--config", type=Path, default=None, metavar="FILE",
@@ -111,6 +121,27 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--unsafe", action="store_true", help="allow loading models that run Python code (Lambda layers); only for files you trust")
     b.add_argument("--timestamp", action="store_true", help="print the build time in the page footers (off: builds are byte-identical)")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages, only errors")
+    e = b.add_argument_group("where the pass runs (the same site whichever runs it)")
+    e.add_argument("--engine", choices=("local", "ray"), default="local", help="local (this process, default) or ray (a Ray cluster; pip install 'reportgen[ray]')")
+    e.add_argument("--ray-address", default=None, metavar="ADDR", help="the Ray cluster to use (default: a local Ray started for the run, or RAY_ADDRESS)")
+    e.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="Ray actors running the model (default: one per --cpus-per-worker CPUs, or per --gpus-per-worker GPUs)")
+    e.add_argument("--gpus-per-worker", type=_fraction, default=0.0, metavar="G", help="GPUs per Ray actor (default 0)")
+    e.add_argument("--cpus-per-worker", type=_fraction, default=1.0, metavar="C", help="CPUs per Ray actor (default 1)")
+    e.add_argument("--ray-chunk", type=_positive_int, default=None, metavar="N", help="images per Ray task (default: about 4 tasks per worker, at most 4096)")
+    e.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (I from 0) and write its partial state to --partial-out; merge with 'reportgen merge'")
+    e.add_argument("--partial-out", type=Path, default=None, metavar="DIR", help="the folder a --shard run writes its partial state into")
+
+    m = sub.add_parser("merge", help="merge the partial states of sharded runs and build the site",
+                       description="Merge the partial states written by 'reportgen build --shard I/N --partial-out DIR' (any order) and build the site, as one build would.")
+    m.add_argument("partials", nargs="+", type=Path, metavar="DIR", help="folders (or files) holding the shards' partial states")
+    m.add_argument("--out", required=True, type=Path, help="folder to write the site into")
+    m.add_argument("--model", type=Path, default=None, help="the model file here, if not at the path the shards used")
+    m.add_argument("--data", type=Path, default=None, help="the dataset folder here, if not at the path the shards used")
+    m.add_argument("--force", action="store_true", help="replace --out even if it is a folder that reportgen did not write")
+    m.add_argument("--wait", action="store_true", help="if another build is writing --out, wait for it instead of failing")
+    m.add_argument("--show-paths", action="store_true", help="show local paths as given (default: relative to the working folder, or base names)")
+    m.add_argument("--mlflow", action="store_true", help="also log the report to MLflow")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages, only errors")
 
     c = sub.add_parser("compare", help="two reports on the same dataset side by side", description="Compare two report folders built on the same dataset: metrics, changed predictions, units' top images.")
     c.add_argument("a", type=Path, help="the first report folder (A)")
@@ -198,11 +229,39 @@ def build_options(args):
 
     from reportgen.build import BuildOptions
 
-    for name in ("model", "data", "out"):
+    from reportgen.engines.shards import parse_shard
+
+    sharded = args.shard is not None or args.partial_out is not None
+    for name in ("model", "data") + (() if sharded else ("out",)):
         if getattr(args, name) is None:
             raise UserError(f"the following argument is required: --{name} (or give it in --config) (see 'reportgen build --help')")
+    if sharded and (args.shard is None or args.partial_out is None):
+        raise UserError("--shard I/N and --partial-out DIR go together: a shard writes its partial state, 'reportgen merge' builds the site")
+    if sharded and args.engine == "ray":
+        raise UserError("--shard runs one part in this process; --engine ray runs every part on Ray: use one or the other")
     values = {f.name: getattr(args, _RENAMED.get(f.name, f.name)) for f in fields(BuildOptions)
               if hasattr(args, _RENAMED.get(f.name, f.name))}
+    values["shard"] = parse_shard(args.shard) if args.shard is not None else None
+    values["out"] = values["out"] if values["out"] is not None else Path(".")
+    return BuildOptions(**values)
+
+
+def merge_options(args):
+    """BuildOptions for `reportgen merge`: the shards' own options, with this machine's paths where given."""
+    from reportgen.build import BuildOptions
+    from reportgen.config import config_options
+    from reportgen.engines.shards import partial_files, read_meta
+
+    first = partial_files(args.partials)[0]
+    config = read_meta(first).get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"{first}: this partial state does not record the options it was built with")
+    values = config_options(config, f"{first}")
+    for name in ("model", "data"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    values.update(out=args.out, force=args.force, wait=args.wait, show_paths=args.show_paths or values.get("show_paths", False),
+                  quiet=args.quiet, partials=list(args.partials))
     return BuildOptions(**values)
 
 
@@ -210,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         args = _build_parser_with_config(argv).parse_args(argv)
-        options = build_options(args) if args.command == "build" else None
+        options = build_options(args) if args.command == "build" else merge_options(args) if args.command == "merge" else None
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -229,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
             files, size = write_comparison(compare(args.a, args.b), args.out, args.force, {"report A": args.a, "report B": args.b})
             log.info("wrote %s (%d files, %.1f MB): open %s", args.out, files, size / 1e6, args.out / "index.html")
             return 0
-        if args.command == "build":
+        if args.command == "build" and options.shard is not None:
+            from reportgen.build import build_shard
+
+            build_shard(options)
+            return 0
+        if args.command in ("build", "merge"):
             from reportgen.build import build
 
             result = build(options)

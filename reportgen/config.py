@@ -51,12 +51,19 @@ def read_config(path: Path) -> dict:
         except (ValueError, UnicodeDecodeError) as exc:
             raise UserError(f"--config {path}: not valid TOML ({exc})") from None
         data = data.get("build", data)  # a [build] table, or keys at the top
+    return config_options(data, f"--config {path}")
+
+
+def config_options(data: dict, where: str) -> dict:
+    """A config's keys and values as BuildOptions field values. Raises UserError on an unknown key."""
     known = _fields()
     out = {}
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in known or name in ("model_label", "data_label", "config"):
-            raise UserError(f"--config {path}: unknown option {key!r} (the options are those of 'reportgen build --help')")
+            raise UserError(f"{where}: unknown option {key!r} (the options are those of 'reportgen build --help')")
+        if name in ("shard", "partial_out", "partials"):
+            raise UserError(f"{where}: {key!r} belongs on the command line of each shard's run, not in a config")
         if name in _PATHS and value is not None:
             value = Path(value)
         elif name in _PATH_LISTS:
