@@ -46,7 +46,7 @@ model.predict(ds, verbose=0)
 
 
 def make_case(work: Path, case: str, images: int) -> tuple[Path, Path]:
-    from bench_scan import make_images
+    from generated import make_images
 
     data = work / f"data{images}"
     if not data.exists():

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
-    from bench_scan import make_images, make_model
+    from generated import make_images, make_model
 
     with tempfile.TemporaryDirectory(prefix="reportgen-relevance-") as tmp:
         work = args.workdir or Path(tmp)

@@ -226,8 +226,9 @@ def test_shard_options_are_checked(case, tmp_path, capsys):
 
 
 @pytest.fixture
-def ray_in_process():
+def ray_in_process(monkeypatch):
     ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # ray.init would set it in this process, for every later test
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
@@ -253,14 +254,22 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head():
-    """A Ray cluster started by `ray start --head --block` (2 CPUs) and stopped with its process group."""
+    """A Ray cluster started by `ray start --head --block` (2 CPUs) with token authentication (Ray's
+    default), stopped with its process group. Yields (address, the environment a driver has)."""
     pytest.importorskip("ray")
+    import secrets
+
     port = _free_port()
     temp = tempfile.mkdtemp(prefix="rgray")  # short: Ray's socket paths must fit in 107 bytes
+    token = Path(temp) / "token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["RAY_AUTH_TOKEN_PATH"] = str(token)  # the driver finds the token; reportgen turns token mode on
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+         f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
          f"--temp-dir={temp}", "--block", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env={**env, "RAY_AUTH_MODE": "token"},
     )
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -271,7 +280,7 @@ def ray_head():
         assert head.poll() is None, "ray start --head exited"
         time.sleep(0.5)
     try:
-        yield address
+        yield address, env
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -302,9 +311,10 @@ def test_ray_address_and_a_worker_killed_mid_pass(case, tmp_path, ray_head):
     and retries its chunk, and the site is still the local one, byte for byte."""
     model, data, local = case
     out = tmp_path / "ray"
+    address, env = ray_head
     cmd = [sys.executable, "-m", "reportgen", "build", "--model", str(model), "--data", str(data), "--out", str(out), "--engine", "ray",
-           "--ray-address", ray_head, "--workers", "2", "--ray-chunk", "2", *[a for a in COMMON if a != "-q"]]
-    proc = subprocess.Popen(cmd, cwd=local.parent, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+           "--ray-address", address, "--workers", "2", "--ray-chunk", "2", *[a for a in COMMON if a != "-q"]]
+    proc = subprocess.Popen(cmd, cwd=local.parent, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
     killed, seen, text = None, set(), b""
 
     def watch():

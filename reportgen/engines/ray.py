@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from pathlib import Path
 
 from reportgen.engines.partial import Merger, PartialScan, check_same, from_bytes
@@ -99,6 +100,18 @@ def _job(opts, prepared, dataset, fp: dict) -> dict:
 
 def scan_on_ray(opts, prepared, dataset, fp: dict) -> PartialScan:
     """The pass on Ray, merged on the driver into one partial state (equal to the local pass's)."""
+    if opts.ray_address and AUTH_MODE not in os.environ and _has_ray_token():
+        # A cluster from `ray start` on a machine with a token requires it (Ray's default since 2.5x),
+        # but a driver sends it only with RAY_AUTH_MODE=token, read when Ray loads: set for this run.
+        os.environ[AUTH_MODE] = "token"
+        try:
+            return _scan_on_ray(opts, prepared, dataset, fp)
+        finally:
+            os.environ.pop(AUTH_MODE, None)
+    return _scan_on_ray(opts, prepared, dataset, fp)
+
+
+def _scan_on_ray(opts, prepared, dataset, fp: dict) -> PartialScan:
     try:
         import pyarrow as pa
         import ray
@@ -128,16 +141,30 @@ def _quiet_ray_loggers():
 
 def _scan(opts, prepared, dataset, fp, pa, ray) -> PartialScan:
     started_here = not ray.is_initialized()
-    if started_here:
+    if not started_here:  # the caller's own Ray session: used as it is, left running
+        return _run(opts, prepared, dataset, fp, pa, ray)
+    saved = os.environ.get(AUTH_MODE)
+    try:
         try:
             ray.init(address=opts.ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise UserError(f"--ray-address {opts.ray_address}: cannot connect to a Ray cluster there ({' '.join(str(exc).split())[:200]})") from None
-    try:
-        return _run(opts, prepared, dataset, fp, pa, ray)
-    finally:
-        if started_here:
+        try:
+            return _run(opts, prepared, dataset, fp, pa, ray)
+        finally:
             ray.shutdown()
+    finally:  # ray.init sets RAY_AUTH_MODE in this process: put it back as it was
+        if saved is None:
+            os.environ.pop(AUTH_MODE, None)
+        else:
+            os.environ[AUTH_MODE] = saved
+
+
+AUTH_MODE = "RAY_AUTH_MODE"
+
+
+def _has_ray_token() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (Path.home() / ".ray" / "auth_token").is_file())
 
 
 def _run(opts, prepared, dataset, fp, pa, ray) -> PartialScan:
