@@ -10,6 +10,8 @@ shown for scale only). Each round runs, as separate processes and interleaved:
 on the notebook-style CNN (150x150x3) over N generated JPEGs, and checks that the three report.json
 files are identical. Then:
 
+  marginal        extra time per extra image from N to 4N images, cluster / local (the workers'
+                  start-up left out)
   driver memory   peak RSS of the `cluster` driver at 4N images / at N images (target <= 1.25: the
                   driver holds O(units x K) plus a few tens of bytes per image, not the images);
   partial state   bytes per unit of a shard's partial-state file (`--shard 0/1 --partial-out`),
@@ -175,7 +177,11 @@ def main(argv=None) -> int:
             print(f"time {name:8s} / local: {median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f}), {args.images} images, "
                   f"{args.workers} workers on {os.cpu_count()} cores")
         print(f"driver peak memory cluster / local: {median(memory['cluster']) / median(memory['local']):.2f}")
-        _, big = run(build + ["--data", str(datas[4 * args.images]), "--out", str(work / "out_big"), *variants["cluster"]], work)
+        big_s, big = run(build + ["--data", str(datas[4 * args.images]), "--out", str(work / "out_big"), *variants["cluster"]], work)
+        local_big_s, _ = run(build + ["--data", str(datas[4 * args.images]), "--out", str(work / "out_big_local")], work)
+        marginal = (big_s - median(times["cluster"])) / (local_big_s - median(times["local"]))
+        print(f"marginal time per extra image, {args.images} -> {4 * args.images} images, cluster / local: {marginal:.2f} "
+              "(the per-image overhead once the workers are up)")
         growth = big / median(memory["cluster"])
         print(f"driver peak memory at {4 * args.images} / at {args.images} images (cluster): {growth:.2f}  (target <= 1.25) "
               f"{'PASS' if growth <= 1.25 else 'FAIL'}")

@@ -62,7 +62,7 @@ class BuildOptions:
     workers: int | None = None  # Ray actors (default: one per CPU, or per --gpus-per-worker GPUs)
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
-    ray_chunk: int | None = None  # images per Ray task (default: about 4 tasks per worker, at most 4096)
+    ray_chunk: int | None = None  # images per Ray task (default: about 4 tasks per worker, at most 16384)
     shard: tuple[int, int] | None = None  # (I, N): this run is shard I of N (counting from 0)
     partial_out: Path | None = None  # where a shard writes its partial state
     partials: list[Path] = field(default_factory=list)  # `reportgen merge`: the shards' partial states

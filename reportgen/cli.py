@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="Ray actors running the model (default: one per --cpus-per-worker CPUs, or per --gpus-per-worker GPUs)")
     e.add_argument("--gpus-per-worker", type=_fraction, default=0.0, metavar="G", help="GPUs per Ray actor (default 0)")
     e.add_argument("--cpus-per-worker", type=_fraction, default=1.0, metavar="C", help="CPUs per Ray actor (default 1)")
-    e.add_argument("--ray-chunk", type=_positive_int, default=None, metavar="N", help="images per Ray task (default: about 4 tasks per worker, at most 4096)")
+    e.add_argument("--ray-chunk", type=_positive_int, default=None, metavar="N", help="images per Ray task (default: about 4 tasks per worker, at most 16384)")
     e.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (I from 0) and write its partial state to --partial-out; merge with 'reportgen merge'")
     e.add_argument("--partial-out", type=Path, default=None, metavar="DIR", help="the folder a --shard run writes its partial state into")
 

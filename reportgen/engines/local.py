@@ -73,6 +73,7 @@ def mine(
     decoded=None,
     miner: MiningStep | None = None,
     fingerprint: dict | None = None,
+    decode_threads: int | None = None,
 ) -> PartialScan:
     """A pass over `records` (default: all the dataset's) as a mergeable summary (partial.py): the
     local engine passes over everything, a shard or a Ray task over a part, and the parts merge
@@ -136,7 +137,7 @@ def mine(
     # (TensorFlow releases the GIL); one thread, so batches are counted in order.
     with _progress(len(records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
         pending = None
-        source = decoded if decoded is not None else iter_batches(records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec))
+        source = decoded if decoded is not None else iter_batches(records, traced.spec, batch_size, skipped, decode_threads, resizer(traced.spec))
         for batch in source:
             for start in range(0, len(batch.indices), size):
                 part_ids = batch.indices[start : start + size]
