@@ -2,14 +2,16 @@
 combines exactly with the summaries of other subsets (pure numpy).
 
 Per unit: the top K (score, global dataset index, position) and the heatmap of each entry (relative
-to its own score); per unit a histogram of scores; the confusion counts; per image its prediction
-and loss; the thumbnails of the images in some top K; the skipped files. Merging keeps, per unit,
+to its own score); per unit a histogram of scores; per image its prediction and loss (confusion,
+accuracy and loss are computed from them at the end); the thumbnails of the images in some top K;
+the skipped files. Merging keeps, per unit,
 the K best of the union by (score descending, dataset index ascending): the tie rule of the one
 pass, so any split of the dataset, merged in any order, gives the same result as one pass.
 Histograms merge exactly (their ranges are powers of two: bins of the smaller one pair up).
 
 Size of a partial state, per unit: K x (4 + 8 + 4 + heatmap tile) bytes + the histogram
-(HISTOGRAM_BINS x 8 + 16 bytes); e.g. K = 16 and 6 x 6 tiles: about 1.1 KB per unit.
+(HISTOGRAM_BINS x 8 + 16 bytes); e.g. K = 16 and 6 x 6 tiles: about 1.1 KB per unit in memory,
+350 bytes compressed (ResNet50, bench/bench_ray.py --resnet).
 """
 
 from __future__ import annotations
