@@ -190,12 +190,20 @@ def _keep_only(thumbnails: dict, ids: np.ndarray) -> None:
         del thumbnails[image]
 
 
-def run_images(traced: TracedModel, pixels: np.ndarray, preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+def forward(traced: TracedModel, preprocessing: Preprocessing | None = None):
+    """A graph-mode function from pixels to [scores] + one map per map layer; keep it to run it again
+    without tracing anew (the training callback draws its chosen image every snapshot)."""
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
+    return tf.function(lambda x: traced.tap(_input(x, preprocessing), training=False), autograph=False)
+
+
+def run_images(traced: TracedModel, pixels: np.ndarray, preprocessing: Preprocessing | None = None,
+               function=None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Full outputs for a few images: (scores [n, outputs], one [n, h, w, c] array per map layer).
 
     In graph mode, as the pass runs the model: some models run eagerly but not in a graph
     (TensorFlow refuses layer names it cannot use as scope names), and this is where they fail.
+    function: one made by forward() for these images' shape, reused.
     """
-    preprocessing = preprocessing or DEFAULT_PREPROCESSING
-    outs = tf.function(lambda x: traced.tap(_input(x, preprocessing), training=False), autograph=False)(tf.constant(pixels))
+    outs = (function or forward(traced, preprocessing))(tf.constant(pixels))
     return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]]

@@ -61,6 +61,7 @@ class ReportCallback(keras.callbacks.Callback):
         self.layers, self.force, self.quiet = layers or [], force, quiet
         self.evolution = Evolution()
         self._ready = False
+        self._forward = None
 
     # -- set-up, once ------------------------------------------------------------------------------
 
@@ -119,7 +120,11 @@ class ReportCallback(keras.callbacks.Callback):
             {name: units.images.copy() for name, units in scan.units.items()},
             {name: int(units.dead.sum()) for name, units in scan.units.items()}, seconds,
         ))
-        scores, maps = run_images(self.traced, self.chosen_pixels, self.preprocessing)
+        if self._forward is None:
+            from reportgen.engines.local import forward
+
+            self._forward = forward(self.traced, self.preprocessing)  # traced once, run every snapshot
+        scores, maps = run_images(self.traced, self.chosen_pixels, self.preprocessing, self._forward)
         self._write(scan, scores, maps)
         if not self.quiet:
             log.info("reportgen: epoch %d snapshot written to %s (mining %.1f s)", epoch, self.out, seconds)
