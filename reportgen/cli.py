@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from reportgen import __version__
-from reportgen.errors import UserError
+from reportgen.errors import Interruption, UserError
 
 log = logging.getLogger("reportgen")
 
@@ -197,7 +197,8 @@ def _log_to_mlflow(result) -> None:
     log.info("logged to MLflow run %s", run)
 
 
-def _on_sigterm(signum, frame):  # `kill`: unwind like Ctrl-C so the temporary folder is removed
+def _on_signal(signum, frame):  # Ctrl-C or `kill`: unwind, so the temporary folder is removed
+    Interruption.requested = True  # in case the exception lands in a finalizer and is swallowed
     raise KeyboardInterrupt
 
 
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.ERROR if args.quiet else logging.INFO, format="reportgen: %(message)s", stream=sys.stderr, force=True
     )
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    Interruption.requested = False
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if _main_thread() else {}
     try:
         _load_tensorflow_quietly()
         if args.command == "compare":
@@ -312,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        Interruption.requested = False
 
 
 def _main_thread() -> bool:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from reportgen.errors import UserError
+from reportgen.errors import UserError, check_interruption
 
 log = logging.getLogger("reportgen")
 
@@ -216,6 +216,7 @@ class SiteFolder:
         return set(self._written)
 
     def commit(self) -> None:
+        check_interruption()  # an interrupted build is never swapped in
         check_target(self.out, self.force, self.keep)
         try:
             (self.tmp / MARKER).write_bytes(MARKER_TEXT)

@@ -207,3 +207,21 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_result(tmp_path, monk
     monkeypatch.setattr(mining.MiningStep, "__init__", always)
     with pytest.raises(UserError, match="out of memory even with a batch of 1 image"):
         scan_dataset(traced, dataset, top_k=3, batch_size=2, quiet=True)
+
+
+def test_an_interrupt_swallowed_by_a_finalizer_still_stops_the_build(tmp_path, tiny_model_path, tiny_data):
+    """Python ignores a KeyboardInterrupt raised while a `__del__` runs (TensorFlow has many); the
+    command line's handlers also set a flag, which the pass and the final swap check."""
+    from reportgen.build import BuildOptions, build
+    from reportgen.errors import Interruption
+
+    out = tmp_path / "site"
+    assert build_site(tiny_model_path, tiny_data, out) == 0
+    before = read_site(out)
+    Interruption.requested = True  # as if the handler ran and its exception was swallowed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build(BuildOptions(model=tiny_model_path, data=tiny_data, out=out, quiet=True, seed=3))
+    finally:
+        Interruption.requested = False
+    assert read_site(out) == before and leftovers(tmp_path) == []

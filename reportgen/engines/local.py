@@ -16,7 +16,7 @@ from tqdm import tqdm
 from reportgen.dataset import Dataset, ImageRecord, Skipped, iter_batches
 from reportgen.engines.mining import DEFAULT_PREPROCESSING, HeatStore, MiningStep, PerImageLoss, Probe, _input
 from reportgen.engines.partial import PartialScan, finish
-from reportgen.errors import UserError
+from reportgen.errors import UserError, check_interruption
 from reportgen.images import make_thumbnail
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
@@ -139,6 +139,7 @@ def mine(
         pending = None
         source = decoded if decoded is not None else iter_batches(records, traced.spec, batch_size, skipped, decode_threads, resizer(traced.spec))
         for batch in source:
+            check_interruption()
             for start in range(0, len(batch.indices), size):
                 part_ids = batch.indices[start : start + size]
                 part_pixels = batch.pixels[start : start + size]
