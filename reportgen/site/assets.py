@@ -9,6 +9,7 @@ ranking and the clipped maps are the same) points to the tile already stored.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from dataclasses import dataclass
 
@@ -51,14 +52,31 @@ def write_thumbnail_sheets(site, thumbnails: dict) -> dict[int, Tile]:
         chunk = order[start : start + per_sheet]
         thumbs = [thumbnails[i] for i in chunk]
         columns = min(SHEET_COLUMNS, len(chunk))
-        sheet = thumbnail_sheet(thumbs, columns)
         exact = thumbs[0].ext == "png"
-        data = encode_png(sheet) if exact else encode_jpeg(sheet, quality=85)
+        data = _encoded_sheet(thumbs, columns, exact)
         path = site.write(content_path("img", data, "png" if exact else "jpg", "sheet"), data)
         rows = -(-len(chunk) // columns)
         for k, index in enumerate(chunk):
             tiles[index] = Tile(path, k % columns, k // columns, columns, rows)
     return tiles
+
+
+_SHEETS: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()  # thumbnails' digest -> encoded sheet
+
+
+def _encoded_sheet(thumbs: list, columns: int, exact: bool) -> bytes:
+    """A sheet's encoded bytes, kept for the last few sheets: the training callback writes the same
+    probe images' sheets every snapshot (a pure function of the thumbnails, so the bytes are the same)."""
+    key = hashlib.sha1(b"".join([bytes([columns, exact])] + [t.data for t in thumbs])).digest()
+    if key in _SHEETS:
+        _SHEETS.move_to_end(key)
+        return _SHEETS[key]
+    sheet = thumbnail_sheet(thumbs, columns)
+    data = encode_png(sheet) if exact else encode_jpeg(sheet, quality=85)
+    _SHEETS[key] = data
+    while len(_SHEETS) > 16:
+        _SHEETS.popitem(last=False)
+    return data
 
 
 class HeatAtlases:

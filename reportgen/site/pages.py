@@ -6,6 +6,7 @@ links.Links, so the link check needs no second read of the pages."""
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ def _num(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+@functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
+    """One environment per process: its compiled templates are kept (the training callback renders
+    the site every snapshot, and compiling the templates cost it a tenth of its time)."""
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(_template_source),
         autoescape=True,
