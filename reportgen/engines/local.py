@@ -45,14 +45,15 @@ def scan_dataset(
     quiet: bool = False,
     decoded=None,
     miner: MiningStep | None = None,
+    thumbnails: dict[int, Thumbnail] | None = None,
 ) -> ScanResult:
     """The one pass over the dataset: metrics, histograms, every unit's top K, heatmaps and thumbnails.
 
     decoded: already decoded batches (dataset.Batch) to use instead of reading the files (the
     training callback keeps its probe images in memory); miner: a MiningStep to reuse (its graph is
-    traced once)."""
+    traced once); thumbnails: every image's thumbnail, already encoded (the pass then encodes none)."""
     partial = mine(traced, dataset, top_k=top_k, batch_size=batch_size, preprocessing=preprocessing, probes=probes, heat_side=heat_side,
-                   quiet=quiet, decoded=decoded, miner=miner)
+                   quiet=quiet, decoded=decoded, miner=miner, thumbnails=thumbnails)
     if partial.num_images == 0:
         first = partial.skipped[0][1]
         raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read ({first.path}: {first.reason}, ...)")
@@ -74,6 +75,7 @@ def mine(
     miner: MiningStep | None = None,
     fingerprint: dict | None = None,
     decode_threads: int | None = None,
+    thumbnails: dict[int, Thumbnail] | None = None,
 ) -> PartialScan:
     """A pass over `records` (default: all the dataset's) as a mergeable summary (partial.py): the
     local engine passes over everything, a shard or a Ray task over a part, and the parts merge
@@ -92,13 +94,14 @@ def mine(
     state = miner.initial_state()
     heat = HeatStore(max(label_of, default=0) + 1, miner.tile)
     per_image: list[dict] = []
-    thumbnails: dict[int, Thumbnail] = {}
+    encode = thumbnails is None  # else the caller's, kept as they are
+    thumbnails = {} if encode else dict(thumbnails)
     skipped: list[Skipped] = []
 
     def update_stats(preds, maxima, losses, entered, fresh, indices, batch_labels, pixels) -> None:
         histograms.update(maxima.numpy())
         heat.add(*(t.numpy() for t in fresh))
-        for b in np.nonzero(entered.numpy()[: len(indices)])[0]:
+        for b in np.nonzero(entered.numpy()[: len(indices)])[0] if encode else ():
             # encoded at once: a large dataset's gallery images would not fit in memory as pixels
             thumbnails[int(indices[b])] = make_thumbnail(pixels[b])
         scores = {}
@@ -156,14 +159,15 @@ def mine(
                     if batches % PRUNE_EVERY == 0:
                         pending.result()
                         current = state[1].numpy()
-                        _keep_only(thumbnails, current)
+                        if encode:
+                            _keep_only(thumbnails, current)
                         heat.keep(current[: miner.units])
             bar.update(seen + len(skipped) - bar.n)
         if pending is not None:
             pending.result()
 
     vals, ids, pos = (t.numpy() for t in state)
-    _keep_only(thumbnails, ids)
+    _keep_only(thumbnails, ids)  # the caller's dict is not changed: this is a copy
     end = miner.units
     tiles = miner.to_layer_order(heat.lookup(ids[:end]))
     table = [np.concatenate([miner.to_layer_order(a), a[end:]]) for a in (vals, ids, pos)]  # units in layer order, then probes

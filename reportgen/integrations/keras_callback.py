@@ -111,7 +111,7 @@ class ReportCallback(keras.callbacks.Callback):
             self._setup()
         started = time.perf_counter()
         scan = scan_dataset(self.traced, self.dataset, top_k=self.top_k, batch_size=self.batch_size, preprocessing=self.preprocessing,
-                            quiet=True, decoded=self._probe_batches, miner=self.miner)
+                            quiet=True, decoded=self._probe_batches, miner=self.miner, thumbnails=self.thumbnails)
         seconds = time.perf_counter() - started
         scan.skipped = list(self.skipped)
         scan.thumbnails = dict(self.thumbnails)  # every probe image: the evolution view shows any of them

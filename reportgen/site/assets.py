@@ -136,6 +136,6 @@ class GridPicture:
 
 def write_feature_grid(site, node, maps: np.ndarray, shown: int) -> GridPicture:
     grid, layout = feature_grid(maps[:, :, :shown])
-    data = encode_png(grid)
+    data = encode_png(grid, compress_level=1)
     path = site.write(content_path("maps", data, "png", slug(node.name)), data)
     return GridPicture(path, layout, shown, float(np.mean(maps == 0)) if maps.size else 0.0)
