@@ -6,6 +6,7 @@ links.Links, so the link check needs no second read of the pages."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ from reportgen import __version__
 from reportgen.images import encode_thumbnail
 from reportgen.site import data as site_data
 from reportgen.images import confusion_picture, encode_png, heat_atlas
-from reportgen.site.assets import HeatAtlases, grid_channels, write_feature_grid, write_thumbnail_sheets
+from reportgen.site.assets import HeatAtlases, drawn_ahead, grid_channels, write_feature_grid, write_thumbnail_sheets
 from reportgen.site.links import Links
 from reportgen.site.names import cell_page, class_page, content_path, layer_data, layer_page, probe_page, shape_text, slug, unit_address
 from reportgen.site.views import IndexRow, LayerView, Pattern, cam_cards, cards, grid_view, group_rows, unit_lines
@@ -137,11 +138,14 @@ class Renderer:
         atlases = HeatAtlases(self.site)
         rows: dict[str, IndexRow] = {n.name: IndexRow(n, None) for n in data.info.nodes}
         report_layers = []
-        for position, node in enumerate(self.map_layers):
-            view, sparsity = self.layer(position, node, atlases, chosen)
-            units = data.scan.units[node.name]
-            rows[node.name] = IndexRow(node, view.page, units.channels, int(units.dead.sum()), sparsity[0] if sparsity else None, view.rf)
-            report_layers.append(site_data.layer_row(node, units, view.rf, sparsity))
+        shown = {node.name: grid_channels(node, data.max_channels) for node in self.map_layers}
+        jobs = ((img.maps[node.name], shown[node.name]) for node in self.map_layers for img in data.chosen)
+        with contextlib.closing(drawn_ahead(jobs)) as grids:  # closing: its threads end here, also on an error
+            for position, node in enumerate(self.map_layers):
+                view, sparsity = self.layer(position, node, atlases, chosen, [next(grids) for _ in data.chosen])
+                units = data.scan.units[node.name]
+                rows[node.name] = IndexRow(node, view.page, units.channels, int(units.dead.sum()), sparsity[0] if sparsity else None, view.rf)
+                report_layers.append(site_data.layer_row(node, units, view.rf, sparsity))
         probes = [self.probe(p) for p in data.scan.probes]
         shown_errors = []
         if explained:
@@ -301,7 +305,8 @@ class Renderer:
             out[k] = rows
         return out
 
-    def layer(self, position: int, node, atlases: HeatAtlases, chosen: list[dict]) -> tuple[LayerView, list[float]]:
+    def layer(self, position: int, node, atlases: HeatAtlases, chosen: list[dict], drawn: list) -> tuple[LayerView, list[float]]:
+        """drawn: the layer's feature grid of each chosen image (assets.DrawnGrid)."""
         data = self.data
         units = data.scan.units[node.name]
         rf = data.fields[node.name]
@@ -315,10 +320,9 @@ class Renderer:
             evolution = f"data/evolution-{slug(node.name)}.js"
             self.site.write(evolution, site_data.js_call("evolution", body))
         self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k, relevance))
-        shown = grid_channels(node, data.max_channels)
         grids, sparsity = [], []
-        for img, view in zip(data.chosen, chosen):
-            picture = write_feature_grid(self.site, node, img.maps[node.name], shown)
+        for grid, view in zip(drawn, chosen):
+            picture = write_feature_grid(self.site, node, grid)
             grids.append(grid_view(view["number"], view["path"], picture))
             sparsity.append(picture.sparsity)
         maps = self.map_layers
