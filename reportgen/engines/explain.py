@@ -159,7 +159,7 @@ class RelevanceStep:
         values = tf.concat(totals, axis=1)  # [b, units]
         valid = ids >= 0
         values = tf.where(valid[:, None] & tf.math.is_finite(values), values, tf.constant(-np.inf, values.dtype))
-        table, _ = _merge_top_k(*table, tf.transpose(values), ids, tf.transpose(tf.concat(places, axis=1)), self.k)
+        table, *_ = _merge_top_k(*table, tf.transpose(values), ids, tf.transpose(tf.concat(places, axis=1)), self.k)
         finite = tf.where(tf.math.is_finite(values), tf.cast(values, tf.float64), tf.zeros_like(values, tf.float64))
         onehot = tf.one_hot(target, self.classes, dtype=tf.float64) * tf.cast(valid, tf.float64)[:, None]
         return table, sums + tf.matmul(onehot, finite, transpose_a=True)

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from reportgen.dataset import Dataset, ImageRecord, Skipped, iter_batches
-from reportgen.engines.mining import DEFAULT_PREPROCESSING, HeatStore, MiningStep, PerImageLoss, Probe, _input
+from reportgen.engines.mining import DEFAULT_PREPROCESSING, HeatTable, MiningStep, PerImageLoss, Probe, _input
 from reportgen.engines.partial import PartialScan, finish
 from reportgen.errors import UserError, check_interruption
 from reportgen.images import make_thumbnail
@@ -26,7 +26,7 @@ from reportgen.stats import TOP, StreamingHistograms, classification_mode, score
 
 log = logging.getLogger("reportgen")
 
-PRUNE_EVERY = 8  # batches: heatmaps and thumbnails of images that left every top K are dropped this often
+PRUNE_EVERY = 8  # batches: thumbnails of images that left every top K are dropped this often
 
 
 def _progress(total: int, desc: str, quiet: bool):
@@ -92,7 +92,7 @@ def mine(
         miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, PerImageLoss(traced.loss, mode, traced.info.num_outputs),
                            side=heat_side)
     state = miner.initial_state()
-    heat = HeatStore(max(label_of, default=0) + 1, miner.tile)
+    heat = HeatTable(miner)
     per_image: list[dict] = []
     encode = thumbnails is None  # else the caller's, kept as they are
     thumbnails = {} if encode else dict(thumbnails)
@@ -100,7 +100,8 @@ def mine(
 
     def update_stats(preds, maxima, losses, entered, fresh, indices, batch_labels, pixels) -> None:
         histograms.update(maxima.numpy())
-        heat.add(*(t.numpy() for t in fresh))
+        rows, picked, levels = fresh
+        heat.update(rows.numpy(), picked.numpy(), [t.numpy() for t in levels])
         for b in np.nonzero(entered.numpy()[: len(indices)])[0] if encode else ():
             # encoded at once: a large dataset's gallery images would not fit in memory as pixels
             thumbnails[int(indices[b])] = make_thumbnail(pixels[b])
@@ -156,12 +157,9 @@ def mine(
                     done += n
                     seen += n
                     batches += 1
-                    if batches % PRUNE_EVERY == 0:
+                    if encode and batches % PRUNE_EVERY == 0:
                         pending.result()
-                        current = state[1].numpy()
-                        if encode:
-                            _keep_only(thumbnails, current)
-                        heat.keep(current[: miner.units])
+                        _keep_only(thumbnails, state[1].numpy())
             bar.update(seen + len(skipped) - bar.n)
         if pending is not None:
             pending.result()
@@ -169,7 +167,7 @@ def mine(
     vals, ids, pos = (t.numpy() for t in state)
     _keep_only(thumbnails, ids)  # the caller's dict is not changed: this is a copy
     end = miner.units
-    tiles = miner.to_layer_order(heat.lookup(ids[:end]))
+    tiles = miner.to_layer_order(heat.padded(miner.tile))
     table = [np.concatenate([miner.to_layer_order(a), a[end:]]) for a in (vals, ids, pos)]  # units in layer order, then probes
     counts, hi, nonpositive = (miner.to_layer_order(a) for a in (histograms.counts, histograms.hi, histograms.nonpositive))
     t = min(TOP, len(dataset.classes)) if mode != "none" else 0

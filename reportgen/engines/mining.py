@@ -1,16 +1,16 @@
 """The per-batch graph of the pass: forward, per-unit maxima and positions, running top K, heatmaps.
 
 One `tf.function` per batch runs the tap model and reduces every map layer to a per-image,
-per-channel maximum and its position, then merges those with the running top K of every unit
-(and of every --unit probe). The few maps that enter some top K in this batch are downsampled
-into that unit's heatmap slot, so the galleries need no second read of the dataset. Only small
-reductions leave the graph (predictions, [batch, units] maxima, per-image losses, which images
+per-channel maximum, then merges those with the running top K of every unit (and of every --unit
+probe). The few maps that enter some top K in this batch are read again for their position and
+downsampled into that unit's heatmap slot, so the galleries need no second read of the dataset.
+Only small reductions leave the graph (predictions, [batch, units] maxima, per-image losses, which images
 entered some top K); activation maps never do, so memory is O(units x K), flat in the dataset's size.
 
-Positions: the first position of the maximum in row-major order. For a layer whose every position
-a non-overlapping max-pool reads (conv -> MaxPooling2D, as in most classifiers), the maximum and its
-window come from the pool's (already smaller) output, and the position is the first one inside that
-window: the two rules differ only when the maximum value occurs at several positions.
+Positions: the first position of the maximum in row-major order, found for the maps that enter a
+top K only (after the first batches, few do): the per-batch work on every map is one maximum. For a
+layer whose every position a non-overlapping max-pool reads (conv -> MaxPooling2D, as in most
+classifiers), that maximum is the pool's, so its large map is not read again at all.
 
 Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
 (block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
@@ -46,7 +46,8 @@ class Probe:
 
 def _merge_top_k(vals, ids, pos, new_vals, new_ids, new_pos, k: int):
     """Merge a batch into running top-K lists. vals/ids/pos: [units, k]; new_*: [units, batch].
-    Returns the new (vals, ids, pos) and, per entry, where it came from (< k: the old list, else k + batch row).
+    Returns the new (vals, ids, pos); per entry, where it came from (< k: the old list, else k + batch
+    row); and the same for the rows that may have changed only (their indices, ascending, and [rows, k]).
 
     `top_k` puts the lower index first among equal values, and the running list (earlier images)
     comes before the batch (in dataset order), so ties go to the earlier image.
@@ -65,7 +66,7 @@ def _merge_top_k(vals, ids, pos, new_vals, new_ids, new_pos, k: int):
         tf.tensor_scatter_nd_update(pos, at, tf.gather(all_pos, top.indices, batch_dims=1)),
     )
     unchanged = tf.broadcast_to(tf.range(k, dtype=tf.int32)[None, :], tf.shape(vals))
-    return table, tf.tensor_scatter_nd_update(unchanged, at, top.indices)
+    return table, tf.tensor_scatter_nd_update(unchanged, at, top.indices), rows, top.indices
 
 
 def _index_kind(a):
@@ -100,35 +101,6 @@ def _spatial_max(a):
     start = row * w
     in_row = _gather_positions(a, start[:, :, None] + tf.constant(np.arange(w, dtype=np.int32)))  # [b, c, w]
     return tf.reduce_max(row_max, axis=1), start + tf.argmax(in_row, axis=2, output_type=tf.int32)
-
-
-class _PoolWindows:
-    """Static tables for reading a map through the non-overlapping max-pool that covers it: for
-    each pool position, the map positions of its window (row-major) and which of them exist."""
-
-    def __init__(self, map_hw: tuple[int, int], pool) -> None:
-        (h, w), (ph, pw) = map_hw, pool.geometry.kernel
-        pool_h, pool_w = pool.spatial
-        pad_top = pad_left = 0
-        if pool.geometry.padding == "same":  # TensorFlow puts the odd padding pixel after
-            pad_top = max(pool_h * ph - h, 0) // 2
-            pad_left = max(pool_w * pw - w, 0) // 2
-        pr, pc = np.divmod(np.arange(pool_h * pool_w), pool_w)
-        dy, dx = np.divmod(np.arange(ph * pw), pw)
-        rows = pr[:, None] * ph - pad_top + dy[None, :]
-        cols = pc[:, None] * pw - pad_left + dx[None, :]
-        inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-        self.positions = tf.constant(np.where(inside, np.clip(rows, 0, h - 1) * w + np.clip(cols, 0, w - 1), 0), tf.int32)
-        self.inside = None if inside.all() else tf.constant(inside)
-
-    def first_max(self, a, pool_where):
-        """Position in `a` of the first maximum inside the pool's winning window ([b, c])."""
-        candidates = tf.gather(self.positions, pool_where)  # [b, c, window]
-        values = _gather_positions(a, candidates)
-        if self.inside is not None:
-            values = tf.where(tf.gather(self.inside, pool_where), values, tf.constant(-np.inf, a.dtype))
-        inner = tf.argmax(values, axis=2, output_type=tf.int32)
-        return tf.gather(candidates, inner[:, :, None], batch_dims=2)[:, :, 0]
 
 
 def _covering_pools(layers: list) -> dict[int, int]:
@@ -190,12 +162,12 @@ class _Segment:
     stop: int
     scale: int  # heatmap block size
     shape: tuple[int, int]  # heatmap size
-    via_pool: tuple | None = None  # (pool layer index, _PoolWindows) for a layer read through its max-pool
+    via_pool: int | None = None  # for a layer whose maxima are its max-pool's: that pool's layer index
 
 
 class MiningStep:
     """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K, and
-    the heatmaps of the maps that entered some top K in this batch (returned; HeatStore keeps them).
+    the heatmaps of the maps that entered some top K in this batch (returned; HeatTable keeps them).
 
     Units are kept in segment order (`order[row]` is the unit's index in layer order); probes follow.
     """
@@ -208,10 +180,10 @@ class MiningStep:
         self.layers = traced.map_layers
         index = {node.name: i for i, node in enumerate(self.layers)}
         self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
-        via_pool = {li: (pj, _PoolWindows(self.layers[li].spatial, self.layers[pj])) for li, pj in _covering_pools(self.layers).items()}
+        via_pool = _covering_pools(self.layers)
         self.side = side or heat_side(self.layers, k)
         self.heat_shapes = [heat_shape(node.spatial, self.side) for node in self.layers]
-        self.tile = max(hs * ws for hs, ws in self.heat_shapes)  # every heatmap is returned padded to one size
+        self.tile = max(hs * ws for hs, ws in self.heat_shapes)  # the partial state pads every heatmap to one size
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
         self.units = self.offsets[-1]
         self.segments = self._segments(via_pool)
@@ -264,47 +236,53 @@ class MiningStep:
         )
 
     def reduce(self, maps):
-        """Per segment: its map (layers side by side), maximum [batch, channels] and position; and
-        every unit's maximum [batch, units] in segment order."""
-        seg_maps, found = [], {}
-        by_layer: dict[int, tuple] = {}
+        """Per segment: its map (layers side by side) and maximum [batch, channels]; and every unit's
+        maximum [batch, units] in segment order. One read of each map (none for a layer whose maxima
+        are its max-pool's); positions are found later, for the maps that enter a top K only."""
+        found, by_layer = {}, {}
         for si, seg in enumerate(self.segments):
             if seg.via_pool is not None:
                 continue
             a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=3)
-            found[si] = (a, *_spatial_max(a))
+            found[si] = (a, tf.reduce_max(a, axis=[1, 2]))
             offset = 0
             for li in seg.layers:
                 c = self.layers[li].channels
-                by_layer[li] = (found[si][1][:, offset : offset + c], found[si][2][:, offset : offset + c])
+                by_layer[li] = found[si][1][:, offset : offset + c]
                 offset += c
         for si, seg in enumerate(self.segments):
             if seg.via_pool is not None:
-                pj, windows = seg.via_pool
-                pool_max, pool_where = by_layer[pj]
-                a = maps[seg.layers[0]]
-                found[si] = (a, pool_max, windows.first_max(a, pool_where))
+                found[si] = (maps[seg.layers[0]], by_layer[seg.via_pool])
         parts = [found[si] for si in range(len(self.segments))]
         batch_max = tf.concat([p[1] for p in parts], axis=1)  # [batch, units], segment order
         batch_max = tf.where(tf.math.is_nan(batch_max), tf.constant(-np.inf, batch_max.dtype), batch_max)
-        return batch_max, [p[2] for p in parts], [p[0] for p in parts]
+        return batch_max, [p[0] for p in parts]
 
-    def _entered(self, seg: _Segment, a, picked, ids, values):
-        """Heatmaps of a segment's maps that entered a top K in this batch: (row, image id, uint8 [n, tile]),
-        each the map averaged over blocks (block_mean), 255 = that map's own maximum (its entry's value).
-        Only the small block means of the batch are kept until the merge."""
+    def _entered(self, seg: _Segment, a, picked, values):
+        """The maps of a segment that entered a top K in this batch, in row-major order of (unit,
+        slot): their entries' (unit row, slot) [n, 2], positions [n] (the first maximum in row-major
+        order) and heatmaps uint8 [n, hs * ws] (the map averaged over blocks as block_mean does,
+        255 = the map's own maximum, its entry's value). Only those maps are read, straight from
+        the [batch, h, w, channels] map (no transpose), and only in a batch where some map entered."""
         k = self.k
+        _, h, w, c = a.shape
         hs, ws = seg.shape
-        small = tf.transpose(block_mean(a, seg.scale), [0, 3, 1, 2])  # [b, c, hs, ws]
         where = tf.where(picked >= k)  # [n, 2]: (channel, slot) of the entries that came from this batch
         image = tf.gather_nd(picked, where) - k
-        maps = tf.reshape(tf.gather_nd(small, tf.stack([tf.cast(image, tf.int64), where[:, 0]], axis=1)), [-1, hs * ws])
-        score = tf.gather_nd(values, where)[:, None]
-        level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(maps, score), 0.0, 1.0), 0.0) * 255.0
-        level = tf.cast(tf.round(level), tf.uint8)
-        if hs * ws < self.tile:
-            level = tf.pad(level, [[0, 0], [0, self.tile - hs * ws]])
-        return tf.cast(where[:, 0], tf.int32) + seg.start, tf.gather(ids, image), level
+
+        def read():
+            kind = _index_kind(a)
+            at = (tf.cast(image, kind)[:, None] * (h * w * c) + tf.cast(where[:, :1], kind)
+                  + tf.constant(np.arange(h * w)[None, :] * c, kind))  # [n, h * w] flat indices
+            full = tf.gather(tf.reshape(a, [-1]), at)
+            position = tf.argmax(full, axis=1, output_type=tf.int32)
+            small = tf.reshape(block_mean(tf.reshape(full, [-1, h, w, 1]), seg.scale), [-1, hs * ws])
+            score = tf.gather_nd(values, where)[:, None]
+            level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(small, score), 0.0, 1.0), 0.0) * 255.0
+            return position, tf.cast(tf.round(level), tf.uint8)
+
+        position, level = tf.cond(tf.size(image) > 0, read, lambda: (tf.zeros([0], tf.int32), tf.zeros([0, hs * ws], tf.uint8)))
+        return where + tf.constant([[seg.start, 0]], tf.int64), position, level
 
     def _step(self, pixels, ids, labels, state):
         """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K);
@@ -312,70 +290,62 @@ class MiningStep:
         vals, top_ids, pos = state
         outs = self.tap(_input(pixels, self.preprocessing), training=False)
         preds, maps = outs[0], outs[1:]
-        batch_max, places, seg_maps = self.reduce(maps)
+        batch_max, seg_maps = self.reduce(maps)
         batch_max = tf.where(ids[:, None] >= 0, batch_max, tf.constant(-np.inf, batch_max.dtype))
         values = [batch_max]
+        places = [tf.zeros(tf.shape(batch_max), tf.int32)]  # units' positions: set below, for the entries that enter
         for li, row, col, ch in self.probe_slots:
             v = maps[li][:, row, col, ch][:, None]
             values.append(tf.where(tf.math.is_nan(v) | (ids[:, None] < 0), tf.constant(-np.inf, v.dtype), v))
             places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
         new_vals = tf.transpose(tf.concat(values, axis=1))  # [units + probes, batch]
         new_pos = tf.transpose(tf.concat(places, axis=1))
-        table, picked = _merge_top_k(vals, top_ids, pos, new_vals, ids, new_pos, self.k)
-        parts = [
-            self._entered(seg, a, picked[seg.start : seg.stop], ids, table[0][seg.start : seg.stop])
-            for seg, a in zip(self.segments, seg_maps)
-        ]
-        heat = tuple(tf.concat([p[i] for p in parts], axis=0) for i in range(3))
+        (vals, top_ids, pos), picked, rows, rows_picked = _merge_top_k(vals, top_ids, pos, new_vals, ids, new_pos, self.k)
+        parts = [self._entered(seg, a, picked[seg.start : seg.stop], vals[seg.start : seg.stop]) for seg, a in zip(self.segments, seg_maps)]
+        pos = tf.tensor_scatter_nd_update(pos, tf.concat([p[0] for p in parts], axis=0), tf.concat([p[1] for p in parts], axis=0))
+        table = (vals, top_ids, pos)
+        heat = (rows, rows_picked, tuple(p[2] for p in parts))  # for HeatTable.update
         entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
         losses = self.loss(labels, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
         return preds, batch_max, losses, entered, heat, table
 
 
-class HeatStore:
-    """The heatmaps that entered some top K, by (unit, image), kept on the host as they come out of
-    the graph; those that leave every top K are dropped from time to time, so memory stays O(units x K)."""
+class HeatTable:
+    """Each running top-K entry's heatmap, kept on the host beside the table and moved as the table
+    moves: per segment one uint8 [units, k, hs * ws] array (no padding to the largest size). Its size
+    is fixed and bounded (heat_side keeps every unit's K heatmaps within HEAT_BUDGET); a batch
+    touches only the rows it changed, so nothing is copied or sorted as the pass goes on."""
 
-    def __init__(self, images: int, tile: int) -> None:
-        self.images = max(1, images)
-        self.tile = tile
-        self.keys = np.zeros(0, np.int64)
-        self.tiles = np.zeros((0, tile), np.uint8)
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+    def __init__(self, miner: MiningStep) -> None:
+        self.k = miner.k
+        self.segments = miner.segments
+        self.tables = [np.zeros((seg.stop - seg.start, miner.k, seg.shape[0] * seg.shape[1]), np.uint8) for seg in miner.segments]
 
-    def add(self, unit: np.ndarray, image: np.ndarray, tiles: np.ndarray) -> None:
-        if len(unit):
-            self.pending.append((unit.astype(np.int64) * self.images + image, tiles))
+    def update(self, rows: np.ndarray, picked: np.ndarray, levels: list[np.ndarray]) -> None:
+        """rows: the table rows a batch may have changed (ascending; probes' rows are ignored);
+        picked: [rows, k], where each entry came from (< k: that row's old slot, else an image of the
+        batch); levels: per segment, the heatmaps of its new entries in row-major (row, slot) order."""
+        for seg, table, new in zip(self.segments, self.tables, levels):
+            lo, hi = np.searchsorted(rows, [seg.start, seg.stop])
+            if lo == hi:
+                continue
+            local = rows[lo:hi] - seg.start
+            source = picked[lo:hi]
+            kept = source < self.k
+            old = table[local]
+            out = np.empty_like(old)
+            r, s = np.nonzero(kept)
+            out[r, s] = old[r, source[r, s]]
+            out[~kept] = new
+            table[local] = out
 
-    def _consolidate(self) -> None:
-        if self.pending:
-            self.keys = np.concatenate([self.keys] + [k for k, _ in self.pending])
-            self.tiles = np.concatenate([self.tiles] + [t for _, t in self.pending])
-            self.pending = []
-            # a (unit, image) enters at most once: it never comes back after leaving a top K
-            order = np.argsort(self.keys, kind="stable")
-            self.keys, self.tiles = self.keys[order], self.tiles[order]
-
-    def keep(self, ids: np.ndarray) -> None:
-        """Drop every heatmap whose (unit, image) is not in the running top K (ids: [units, k])."""
-        self._consolidate()
-        units = np.repeat(np.arange(ids.shape[0], dtype=np.int64), ids.shape[1])
-        wanted = np.unique(units * self.images + ids.reshape(-1))
-        mask = np.isin(self.keys, wanted)
-        self.keys, self.tiles = self.keys[mask], self.tiles[mask]
-
-    def lookup(self, ids: np.ndarray) -> np.ndarray:
-        """uint8 [units, k, tile]: the heatmap of each entry of the final top K (zeros for empty slots)."""
-        self._consolidate()
-        units = np.repeat(np.arange(ids.shape[0], dtype=np.int64), ids.shape[1])
-        keys = units * self.images + ids.reshape(-1)
-        at = np.clip(np.searchsorted(self.keys, keys), 0, max(len(self.keys) - 1, 0))
-        found = (ids.reshape(-1) >= 0) & (len(self.keys) > 0)
-        if len(self.keys):
-            found &= self.keys[at] == keys
-        out = np.zeros((len(keys), self.tile), np.uint8)
-        out[found] = self.tiles[at[found]]
-        return out.reshape(ids.shape[0], ids.shape[1], self.tile)
+    def padded(self, tile: int) -> np.ndarray:
+        """uint8 [units, k, tile] in segment order, each heatmap padded with zeros to `tile` values
+        (empty slots are zeros)."""
+        out = np.zeros((sum(t.shape[0] for t in self.tables), self.k, tile), np.uint8)
+        for seg, table in zip(self.segments, self.tables):
+            out[seg.start : seg.stop, :, : table.shape[2]] = table
+        return out
 
 
 class PerImageLoss:
