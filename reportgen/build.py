@@ -447,10 +447,10 @@ def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, p
     shown = sorted(galleries.shown())
     targets = {i: (int(predictions.predicted[i]), int(predictions.labels[i])) for i in shown}
     log.info("class activation maps of the %d images the pages of mistakes show (at %s)", len(shown), layer.name)
-    cams, decoded, _ = class_activation_maps(traced, dataset, shown, targets, preprocessing, layer, binary, opts.batch_size)
+    step = CamStep(traced, layer, preprocessing, binary)
+    cams, decoded, _ = class_activation_maps(traced, dataset, shown, targets, step, opts.batch_size)
     thumbnails = {i: make_thumbnail(px) for i, px in decoded.items() if i not in scan.thumbnails}
     # the chosen images: their predicted class, and their class folder's when they have one
-    step = CamStep(traced, layer, preprocessing, binary)
     chosen_pred = predicted_classes(scores, mode, traced.info.head.logits)
     chosen_targets = [(int(p), dataset.class_indices.get(label, int(p)) if label else int(p)) for p, (_, label, _) in zip(chosen_pred, picked)]
     chosen_cams = step(pixels, np.array(chosen_targets))

@@ -88,11 +88,12 @@ class CamStep:
 
 
 def class_activation_maps(traced: TracedModel, dataset: Dataset, images: list[int], targets: dict[int, tuple[int, int]],
-                          preprocessing: Preprocessing, layer: LayerNode, binary: bool, batch_size: int = 32):
+                          step: CamStep, batch_size: int = 32):
     """Grad-CAMs and the decoded pixels of the listed dataset images (a second read of only those).
 
-    targets: image -> (predicted class, true class). Returns ({image: float32 [2, h, w]}, {image: pixels}, skipped)."""
-    step = CamStep(traced, layer, preprocessing, binary)
+    targets: image -> (predicted class, true class); step: the CamStep to run (its graph, through the
+    model's gradients, is costly to trace: one for every caller). Returns ({image: float32 [2, h, w]},
+    {image: pixels}, skipped)."""
     cams, pixels, skipped = {}, {}, []
     records = [dataset.records[i] for i in sorted(images)]
     for batch in iter_batches(records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec)):
