@@ -129,7 +129,7 @@ def test_merge_equals_one_pass_for_random_splits(case):
         parts = [from_bytes(to_bytes(p), "test") for p in parts]  # through the file format too
         order = rng.permutation(3)
         merged = merge_partials([merge_partials([parts[order[0]], parts[order[1]]]), parts[order[2]]])
-        for name in ("values", "ids", "pos", "heat", "hist_counts", "hist_hi", "hist_nonpositive", "images", "labels",
+        for name in ("values", "ids", "pos", "heat", "heat_sizes", "hist_counts", "hist_hi", "hist_nonpositive", "images", "labels",
                      "predicted", "confidence", "true_score", "top", "top_scores", "true_rank", "losses"):
             np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), err_msg=name)
         assert {i: t.data for i, t in merged.thumbnails.items()} == {i: t.data for i, t in whole.thumbnails.items()}

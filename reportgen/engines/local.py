@@ -167,7 +167,7 @@ def mine(
     vals, ids, pos = (t.numpy() for t in state)
     _keep_only(thumbnails, ids)  # the caller's dict is not changed: this is a copy
     end = miner.units
-    tiles = miner.to_layer_order(heat.padded(miner.tile))
+    heat_maps, heat_sizes = heat.flat(miner)
     table = [np.concatenate([miner.to_layer_order(a), a[end:]]) for a in (vals, ids, pos)]  # units in layer order, then probes
     counts, hi, nonpositive = (miner.to_layer_order(a) for a in (histograms.counts, histograms.hi, histograms.nonpositive))
     t = min(TOP, len(dataset.classes)) if mode != "none" else 0
@@ -181,7 +181,7 @@ def mine(
                        top=np.zeros((n, 0), np.int32), top_scores=np.zeros((n, 0), np.float32), true_rank=np.full(n, -1, np.int32))
     index_of = {r.rel: r.index for r in records}
     return PartialScan(
-        fingerprint=fingerprint or {}, values=table[0], ids=table[1].astype(np.int64), pos=table[2], heat=tiles,
+        fingerprint=fingerprint or {}, values=table[0], ids=table[1].astype(np.int64), pos=table[2], heat=heat_maps, heat_sizes=heat_sizes,
         hist_counts=counts, hist_hi=hi, hist_nonpositive=nonpositive, thumbnails=thumbnails,
         skipped=[(index_of.get(s.path, -1), s) for s in skipped], side=miner.side, **columns,
     )

@@ -183,7 +183,6 @@ class MiningStep:
         via_pool = _covering_pools(self.layers)
         self.side = side or heat_side(self.layers, k)
         self.heat_shapes = [heat_shape(node.spatial, self.side) for node in self.layers]
-        self.tile = max(hs * ws for hs, ws in self.heat_shapes)  # the partial state pads every heatmap to one size
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
         self.units = self.offsets[-1]
         self.segments = self._segments(via_pool)
@@ -339,13 +338,19 @@ class HeatTable:
             out[~kept] = new
             table[local] = out
 
-    def padded(self, tile: int) -> np.ndarray:
-        """uint8 [units, k, tile] in segment order, each heatmap padded with zeros to `tile` values
-        (empty slots are zeros)."""
-        out = np.zeros((sum(t.shape[0] for t in self.tables), self.k, tile), np.uint8)
+    def flat(self, miner: MiningStep) -> tuple[np.ndarray, np.ndarray]:
+        """Every unit's heatmaps, unit after unit in layer order ([k, size] each; empty slots are
+        zeros), and each unit's size: PartialScan.heat and heat_sizes."""
+        at = {}
         for seg, table in zip(self.segments, self.tables):
-            out[seg.start : seg.stop, :, : table.shape[2]] = table
-        return out
+            row = 0
+            for li in seg.layers:
+                c = miner.layers[li].channels
+                at[li] = table[row : row + c]
+                row += c
+        blocks = [at[li] for li in range(len(miner.layers))]
+        sizes = np.concatenate([np.full(b.shape[0], b.shape[2], np.int64) for b in blocks]) if blocks else np.zeros(0, np.int64)
+        return np.concatenate([b.reshape(-1) for b in blocks]) if blocks else np.zeros(0, np.uint8), sizes
 
 
 class PerImageLoss:

@@ -9,9 +9,10 @@ the K best of the union by (score descending, dataset index ascending): the tie 
 pass, so any split of the dataset, merged in any order, gives the same result as one pass.
 Histograms merge exactly (their ranges are powers of two: bins of the smaller one pair up).
 
-Size of a partial state, per unit: K x (4 + 8 + 4 + heatmap tile) bytes + the histogram
-(HISTOGRAM_BINS x 8 + 16 bytes); e.g. K = 16 and 6 x 6 tiles: about 1.1 KB per unit in memory,
-350 bytes compressed (ResNet50, bench/bench_ray.py --resnet).
+Size of a partial state, per unit: K x (4 + 8 + 4 + its layer's heatmap size) bytes + the histogram
+(HISTOGRAM_BINS x 8 + 16 bytes); e.g. K = 16 and 6 x 6 heatmaps: about 1.1 KB per unit in memory,
+350 bytes compressed (ResNet50, bench/bench_ray.py --resnet). Heatmaps are stored unit after unit,
+each layer's at its own size (no padding to the largest).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from reportgen.images import heat_shape
 from reportgen.report import LayerUnits, Metrics, Predictions, ProbeResult, ScanResult, Thumbnail, TopEntry
 from reportgen.stats import HISTOGRAM_BINS, TOP, ConfusionCounter, classification_mode, top_k_accuracy
 
-FORMAT = "reportgen-partial-1"
+FORMAT = "reportgen-partial-2"
 
 
 # per image, in one array each (sorted by dataset index once merged)
 _PER_IMAGE = ("images", "labels", "predicted", "confidence", "true_score", "top", "top_scores", "true_rank", "losses")
 # per unit (and probe) row
-_TABLES = ("values", "ids", "pos", "heat", "hist_counts", "hist_hi", "hist_nonpositive")
+_TABLES = ("values", "ids", "pos", "heat", "heat_sizes", "hist_counts", "hist_hi", "hist_nonpositive")
 
 
 @dataclass
@@ -44,7 +45,8 @@ class PartialScan:
     values: np.ndarray  # float32 [rows, k]: rows = units (layer order), then probes; -inf empty
     ids: np.ndarray  # int64 [rows, k]: global dataset index, -1 empty
     pos: np.ndarray  # int32 [rows, k]: row * width + col
-    heat: np.ndarray  # uint8 [units, k, tile]: each entry's heatmap, 255 = its own score
+    heat: np.ndarray  # uint8, flat: unit after unit, [k, heat_sizes[unit]] each: each entry's heatmap, 255 = its own score
+    heat_sizes: np.ndarray  # int64 [units]: values in one heatmap of each unit (its layer's hs x ws)
     hist_counts: np.ndarray  # int64 [units, bins]
     hist_hi: np.ndarray  # float64 [units]
     hist_nonpositive: np.ndarray  # int64 [units]
@@ -68,7 +70,21 @@ class PartialScan:
 
     @property
     def units(self) -> int:
-        return int(self.heat.shape[0])
+        return int(len(self.heat_sizes))
+
+
+def heat_runs(sizes: np.ndarray, k: int):
+    """(first unit, end unit, start, end in the flat heat array, size) of each run of units whose
+    heatmaps have one size: the flat array's [start:end] is [units, k, size] for them."""
+    sizes = np.asarray(sizes, np.int64)
+    if not len(sizes):
+        return
+    cuts = [0, *(np.nonzero(np.diff(sizes))[0] + 1).tolist(), len(sizes)]
+    flat = 0
+    for lo, hi in zip(cuts[:-1], cuts[1:]):
+        size = int(sizes[lo])
+        yield lo, hi, flat, flat + (hi - lo) * k * size, size
+        flat += (hi - lo) * k * size
 
 
 def check_same(a: dict, b: dict, where: str = "") -> None:
@@ -113,10 +129,13 @@ def _merge_tables(a: PartialScan, b: PartialScan) -> dict:
     # empty slots (-inf) go last: their index sorts as the largest
     order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), -values.astype(np.float64)), axis=1)[:, :k]
     take = np.take_along_axis
-    heat = np.concatenate([a.heat, b.heat], axis=1)
+    heat = np.empty_like(a.heat)
+    for lo, hi, start, end, size in heat_runs(a.heat_sizes, k):
+        both = np.concatenate([a.heat[start:end].reshape(hi - lo, k, size), b.heat[start:end].reshape(hi - lo, k, size)], axis=1)
+        heat[start:end] = take(both, order[lo:hi, :, None], axis=1).reshape(-1)
     counts, hi, nonpositive = _merge_histograms(a, b)
     return {"values": take(values, order, axis=1), "ids": take(ids, order, axis=1), "pos": take(pos, order, axis=1),
-            "heat": take(heat, order[: a.units, :, None], axis=1), "hist_counts": counts, "hist_hi": hi, "hist_nonpositive": nonpositive}
+            "heat": heat, "heat_sizes": a.heat_sizes, "hist_counts": counts, "hist_hi": hi, "hist_nonpositive": nonpositive}
 
 
 class Merger:
@@ -177,12 +196,17 @@ def finish(part: PartialScan, traced, classes: list[str], probes: list) -> ScanR
     score, probe results, metrics (as model.evaluate: mean loss plus regularisation) and predictions."""
     layers = traced.map_layers
     offsets = np.cumsum([0] + [node.channels for node in layers]).tolist()
+    k = part.values.shape[1]
     units: dict[str, LayerUnits] = {}
+    start = 0
     for li, node in enumerate(layers):
         lo, hi = offsets[li], offsets[li + 1]
         hs, ws = heat_shape(node.spatial, part.side)
-        units[node.name] = _layer_units(node, part.values[lo:hi], part.ids[lo:hi], part.pos[lo:hi], part.heat[lo:hi, :, : hs * ws], (hs, ws),
+        end = start + node.channels * k * hs * ws
+        units[node.name] = _layer_units(node, part.values[lo:hi], part.ids[lo:hi], part.pos[lo:hi],
+                                        part.heat[start:end].reshape(node.channels, k, hs * ws), (hs, ws),
                                         (part.hist_counts[lo:hi], part.hist_hi[lo:hi], part.hist_nonpositive[lo:hi]))
+        start = end
     widths = {node.name: node.spatial[1] for node in layers}
     end = offsets[-1]
     probe_results = [
