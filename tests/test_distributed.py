@@ -229,7 +229,9 @@ def test_shard_options_are_checked(case, tmp_path, capsys):
 def ray_in_process(monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # ray.init would set it in this process, for every later test
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a cluster of its own, even while another test runs a `ray start` cluster on this machine
+    # (ray.init() with no address would join that one)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -303,3 +303,24 @@ def test_heatmaps_and_thumbnails_from_the_one_pass_match_the_maps(tmp_path, side
                 small = block_means(maps[li][0, :, :, unit.channel].astype(np.float64), scale)
                 expected = np.round(np.clip(small / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(small)
                 np.testing.assert_allclose(units.heat[unit.channel, rank], expected, atol=2)
+
+
+@pytest.mark.parametrize("side", [32, 3])
+def test_both_ways_of_reading_entries_give_the_same_summary(tmp_path, monkeypatch, side):
+    """Maps that enter a top K are read one by one at full size when few enter in a batch, through
+    the batch's row maxima and block means when many do: the two give identical positions and heatmaps."""
+    from reportgen.dataset import discover
+    from reportgen.engines import mining
+    from reportgen.engines.local import mine
+    from reportgen.model import trace_model
+
+    make_dataset(tmp_path / "data", {"a": 7, "b": 6})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(tiny_sequential())
+    found = {}
+    for share in (0.0, 1.0):  # 0: every batch reads "many"; 1: every batch reads "few"
+        monkeypatch.setattr(mining, "FEW_ENTRIES", share)
+        found[share] = mine(traced, dataset, top_k=4, batch_size=4, heat_side=side, quiet=True)
+    assert (found[0.0].ids >= 0).sum() > 0 and found[0.0].heat.any()
+    for name in ("values", "ids", "pos", "heat", "heat_sizes"):
+        np.testing.assert_array_equal(getattr(found[0.0], name), getattr(found[1.0], name), err_msg=name)

@@ -149,6 +149,7 @@ def block_mean(a, scale: int):
     return tf.nn.avg_pool2d(a, scale, scale, padding)
 
 
+FEW_ENTRIES = 1 / 16  # of a segment's maps in a batch: up to this share, entries' maps are read at full size one by one
 GROUP_LIMIT = 65_536  # maps of at most this many values per image are reduced together with others of their size
 
 
@@ -261,26 +262,48 @@ class MiningStep:
         """The maps of a segment that entered a top K in this batch, in row-major order of (unit,
         slot): their entries' (unit row, slot) [n, 2], positions [n] (the first maximum in row-major
         order) and heatmaps uint8 [n, hs * ws] (the map averaged over blocks as block_mean does,
-        255 = the map's own maximum, its entry's value). Only those maps are read, straight from
-        the [batch, h, w, channels] map (no transpose), and only in a batch where some map entered."""
+        255 = the map's own maximum, its entry's value). Nothing is read in a batch where no map of
+        the segment entered.
+
+        Few entries (after the first batches): only their maps are read, at full size, straight
+        from the [batch, h, w, channels] map. Many (the first batches, where most maps enter): the
+        batch's row maxima and block means are computed once and only those small values gathered,
+        so memory stays near the map's own size."""
         k = self.k
-        _, h, w, c = a.shape
+        b, h, w, c = a.shape
         hs, ws = seg.shape
         where = tf.where(picked >= k)  # [n, 2]: (channel, slot) of the entries that came from this batch
         image = tf.gather_nd(picked, where) - k
+        kind = _index_kind(a)
+        flat = tf.reshape(a, [-1])
 
-        def read():
-            kind = _index_kind(a)
-            at = (tf.cast(image, kind)[:, None] * (h * w * c) + tf.cast(where[:, :1], kind)
-                  + tf.constant(np.arange(h * w)[None, :] * c, kind))  # [n, h * w] flat indices
-            full = tf.gather(tf.reshape(a, [-1]), at)
-            position = tf.argmax(full, axis=1, output_type=tf.int32)
-            small = tf.reshape(block_mean(tf.reshape(full, [-1, h, w, 1]), seg.scale), [-1, hs * ws])
+        def at(size, step, base=None):  # flat indices [n, size]: `size` values `step` apart, one row per entry
+            start = tf.cast(where[:, :1], kind) if base is None else base[:, None]
+            return start + tf.constant(np.arange(size)[None, :] * step, kind)
+
+        def levels(small):
             score = tf.gather_nd(values, where)[:, None]
             level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(small, score), 0.0, 1.0), 0.0) * 255.0
-            return position, tf.cast(tf.round(level), tf.uint8)
+            return tf.cast(tf.round(level), tf.uint8)
 
-        position, level = tf.cond(tf.size(image) > 0, read, lambda: (tf.zeros([0], tf.int32), tf.zeros([0, hs * ws], tf.uint8)))
+        def read_few():
+            full = tf.gather(flat, at(h * w, c) + tf.cast(image, kind)[:, None] * (h * w * c))
+            position = tf.argmax(full, axis=1, output_type=tf.int32)
+            return position, levels(tf.reshape(block_mean(tf.reshape(full, [-1, h, w, 1]), seg.scale), [-1, hs * ws]))
+
+        def read_many():
+            first = tf.cast(image, kind)
+            row_max = tf.reshape(tf.reduce_max(a, axis=2), [-1])  # [b, h, c]
+            row = tf.argmax(tf.gather(row_max, at(h, c) + first[:, None] * (h * c)), axis=1, output_type=tf.int32)
+            in_row = tf.gather(flat, at(w, c, first * (h * w * c) + tf.cast(row, kind) * (w * c) + tf.cast(where[:, 0], kind)))
+            position = row * w + tf.argmax(in_row, axis=1, output_type=tf.int32)
+            small = tf.reshape(block_mean(a, seg.scale), [-1])  # [b, hs, ws, c]
+            return position, levels(tf.gather(small, at(hs * ws, c) + first[:, None] * (hs * ws * c)))
+
+        n = tf.size(image)
+        position, level = tf.cond(
+            n == 0, lambda: (tf.zeros([0], tf.int32), tf.zeros([0, hs * ws], tf.uint8)),
+            lambda: tf.cond(n <= int(b * c * FEW_ENTRIES), read_few, read_many))
         return where + tf.constant([[seg.start, 0]], tf.int64), position, level
 
     def _step(self, pixels, ids, labels, state):

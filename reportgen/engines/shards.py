@@ -53,9 +53,10 @@ def fingerprint(traced, dataset, preprocessing, probes, top_k: int, batch_size: 
     from reportgen.images import heat_side
 
     model = hashlib.sha256()
-    for weight in traced.model.weights:
-        model.update(getattr(weight, "path", weight.name).encode())
-        model.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    for weight in traced.model.weights:  # by order, shape and value: a variable's path depends on the process's history
+        value = np.ascontiguousarray(weight.numpy())
+        model.update(f"{value.shape}{value.dtype}".encode())
+        model.update(value.tobytes())
     layers = [[node.name, list(node.spatial), node.channels] for node in traced.map_layers]
     model.update(json.dumps([layers, traced.info.num_outputs]).encode())
     listing = hashlib.sha256()

@@ -85,12 +85,15 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         rel_values = _f32(relevance.values)
         head["relevance"] = "per unit: top = images ranked by the unit's contribution to their predicted class; drives = [class, mean contribution]"
     parts = []
+    # plain lists first: indexing numpy arrays element by element costs more than the formatting
+    images, rows, cols = units.images.tolist(), units.rows.tolist(), units.cols.tolist()
+    filled = (units.images >= 0).sum(axis=1).tolist()
+    dead, nonpositive, all_counts = units.dead.tolist(), units.hist_nonpositive.tolist(), units.hist_counts.tolist()
     for c in range(units.channels):
-        n = int((units.images[c] >= 0).sum())
-        top = ",".join(
-            f"[{int(units.images[c, j])},{values[c][j]},{int(units.rows[c, j])},{int(units.cols[c, j])}]" for j in range(n)
-        )
-        counts = units.hist_counts[c].tolist()
+        n = filled[c]
+        image, value, row, col = images[c], values[c], rows[c], cols[c]
+        top = ",".join(f"[{image[j]},{value[j]},{row[j]},{col[j]}]" for j in range(n))
+        counts = all_counts[c]
         while counts and counts[-1] == 0:
             counts.pop()
         tile = heat["tiles"][c]
@@ -103,9 +106,9 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
             drives = [[int(k), float(f"{means[k]:.6g}")] for k in np.argsort(-means, kind="stable")[:5] if means[k] > 0]
             extra = f',"relevance":{{"top":[{rel_top}],"drives":{_compact(drives)}}}'
         parts.append(
-            f'{{"channel":{c},"max":{values[c][0] if n else "null"},"dead":{"true" if units.dead[c] else "false"},'
+            f'{{"channel":{c},"max":{values[c][0] if n else "null"},"dead":{"true" if dead[c] else "false"},'
             f'"top":[{top}],"heat":{_compact(tile)},'
-            f'"histogram":{{"nonpositive":{int(units.hist_nonpositive[c])},"hi":{json.dumps(hist_hi[c])},"counts":{_compact(counts)}}}{extra}}}'
+            f'"histogram":{{"nonpositive":{nonpositive[c]},"hi":{json.dumps(hist_hi[c])},"counts":{_compact(counts)}}}{extra}}}'
         )
     body = json.dumps(head, separators=(",", ":"))[:-1] + ',"units":[\n' + ",\n".join(parts) + "]}"
     return _js("layer", body)

@@ -44,20 +44,21 @@ def selective_units(data, classes: list[str], count: int = SUMMARY_UNITS) -> lis
     records = data.dataset.records
     thumbnails = data.scan.thumbnails
     found = []
+    labels = np.array([r.label if r.label is not None else -1 for r in records] or [-1])
+    classes_seen = max(int(labels.max()) + 1, 1)
     for layer, units in data.scan.units.items():
-        labels = np.array([r.label if r.label is not None else -1 for r in records])
-        for c in range(units.channels):
-            if units.dead[c]:
-                continue
-            ids = units.images[c][units.images[c] >= 0]
-            top_labels = labels[ids]
-            if len(top_labels) and (top_labels >= 0).any():
-                counts = collections.Counter(int(x) for x in top_labels if x >= 0)
-                main, n = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                purity = n / len(ids)
-            else:
-                main, purity = None, 0.0
-            found.append((purity, float(units.values[c, 0]), layer, c, main))
+        # per unit, the most common class among its top images (the smaller class on a tie), counted for all units at once
+        valid = units.images >= 0
+        top_labels = np.where(valid, labels[np.where(valid, units.images, 0)], -1)
+        labelled = top_labels >= 0
+        flat = (np.arange(units.channels)[:, None] * classes_seen + top_labels)[labelled]
+        counts = np.bincount(flat, minlength=units.channels * classes_seen).reshape(units.channels, classes_seen)
+        main, most = counts.argmax(axis=1), counts.max(axis=1)
+        purity = most / np.maximum(valid.sum(axis=1), 1)
+        has_label = labelled.any(axis=1)
+        for c in np.nonzero(~units.dead)[0].tolist():
+            found.append((float(purity[c]) if has_label[c] else 0.0, float(units.values[c, 0]), layer, c,
+                          int(main[c]) if has_label[c] else None))
     found.sort(key=lambda f: (-f[0], -f[1], f[2], f[3]))
     chosen = []
     for purity, value, layer, c, main in found[:count]:
