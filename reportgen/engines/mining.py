@@ -7,10 +7,10 @@ downsampled into that unit's heatmap slot, so the galleries need no second read 
 Only small reductions leave the graph (predictions, [batch, units] maxima, per-image losses, which images
 entered some top K); activation maps never do, so memory is O(units x K), flat in the dataset's size.
 
-Positions: the first position of the maximum in row-major order, found for the maps that enter a
-top K only (after the first batches, few do): the per-batch work on every map is one maximum. For a
-layer whose every position a non-overlapping max-pool reads (conv -> MaxPooling2D, as in most
-classifiers), that maximum is the pool's, so its large map is not read again at all.
+Positions: the first position of the maximum in row-major order (the first row holding it, then
+the first column of that row). Each map is read once per batch, for its row maxima (whose maximum is
+the map's); positions and heatmaps are then gathered for the few maps that may enter a top K (after
+the first batches, few do), before the merge, so the batch's maps are freed early.
 
 Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
 (block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
@@ -103,29 +103,6 @@ def _spatial_max(a):
     return tf.reduce_max(row_max, axis=1), start + tf.argmax(in_row, axis=2, output_type=tf.int32)
 
 
-def _covering_pools(layers: list) -> dict[int, int]:
-    """Map layers whose every position is read by a max-pooling layer with non-overlapping windows
-    (pool size = stride, no dilation): layer index -> that pool's index.
-
-    Such a layer's maximum is the pool's maximum, and its position lies in the pool's winning
-    window, so the layer's large map need not be read again: the forward pass already did.
-    """
-    index = {node.name: i for i, node in enumerate(layers)}
-    found = {}
-    for j, pool in enumerate(layers):
-        g = pool.geometry
-        if pool.type != "MaxPooling2D" or len(pool.inputs) != 1 or pool.inputs[0] not in index:
-            continue
-        if g.kernel != g.stride or g.dilation != (1, 1):
-            continue
-        i = index[pool.inputs[0]]
-        h, w = layers[i].spatial
-        covers = g.padding == "same" or (h % g.kernel[0] == 0 and w % g.kernel[1] == 0)
-        if covers and i not in found:
-            found[i] = j
-    return found
-
-
 DEFAULT_PREPROCESSING = make_preprocessing("rescale", 3)  # x / 255, as flow_from_directory(rescale=1/255)
 
 
@@ -149,7 +126,6 @@ def block_mean(a, scale: int):
     return tf.nn.avg_pool2d(a, scale, scale, padding)
 
 
-FEW_ENTRIES = 1 / 16  # of a segment's maps in a batch: up to this share, entries' maps are read at full size one by one
 GROUP_LIMIT = 65_536  # maps of at most this many values per image are reduced together with others of their size
 
 
@@ -163,7 +139,6 @@ class _Segment:
     stop: int
     scale: int  # heatmap block size
     shape: tuple[int, int]  # heatmap size
-    via_pool: int | None = None  # for a layer whose maxima are its max-pool's: that pool's layer index
 
 
 class MiningStep:
@@ -181,12 +156,11 @@ class MiningStep:
         self.layers = traced.map_layers
         index = {node.name: i for i, node in enumerate(self.layers)}
         self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
-        via_pool = _covering_pools(self.layers)
         self.side = side or heat_side(self.layers, k)
         self.heat_shapes = [heat_shape(node.spatial, self.side) for node in self.layers]
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
         self.units = self.offsets[-1]
-        self.segments = self._segments(via_pool)
+        self.segments = self._segments()
         self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
         self.tap = traced.tap
         self.batch_size = batch_size
@@ -201,21 +175,20 @@ class MiningStep:
                 tf.TensorSpec([batch_size], tf.int32),
                 tuple(table),
             ],
+            autograph=False,  # the Python loops over segments are meant to unroll at tracing; converting them costs seconds
         )
 
-    def _segments(self, via_pool: dict) -> list[_Segment]:
+    def _segments(self) -> list[_Segment]:
         groups: dict[tuple, list[int]] = {}
         for li, node in enumerate(self.layers):
             h, w = node.spatial
-            key = (h, w) if li not in via_pool and h * w * node.channels <= GROUP_LIMIT else ("alone", li)
+            key = (h, w) if h * w * node.channels <= GROUP_LIMIT else ("alone", li)
             groups.setdefault(key, []).append(li)
         segments, row = [], 0
-        # layers read through their pool last: their pool's result must exist first
-        for members in sorted(groups.values(), key=lambda m: (m[0] in via_pool, m[0])):
+        for members in sorted(groups.values(), key=lambda m: m[0]):
             first = self.layers[members[0]]
             size = sum(self.layers[li].channels for li in members)
-            segments.append(_Segment(members, row, row + size, heat_scale(first.spatial, self.side), self.heat_shapes[members[0]],
-                                     via_pool.get(members[0])))
+            segments.append(_Segment(members, row, row + size, heat_scale(first.spatial, self.side), self.heat_shapes[members[0]]))
             row += size
         return segments
 
@@ -235,76 +208,56 @@ class MiningStep:
             tf.zeros([units, self.k], tf.int32),
         )
 
-    def reduce(self, maps):
-        """Per segment: its map (layers side by side) and maximum [batch, channels]; and every unit's
-        maximum [batch, units] in segment order. One read of each map (none for a layer whose maxima
-        are its max-pool's); positions are found later, for the maps that enter a top K only."""
-        found, by_layer = {}, {}
+    def reduce(self, maps, valid):
+        """Per segment: its map (layers side by side), row maxima [batch, h, channels] and maximum
+        [batch, channels] (NaN and the padding images -inf). One read of each map; positions and
+        heatmaps come later, for the maps that may enter a top K only."""
+        found = {}
         for si, seg in enumerate(self.segments):
-            if seg.via_pool is not None:
-                continue
             a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=3)
-            found[si] = (a, tf.reduce_max(a, axis=[1, 2]))
-            offset = 0
-            for li in seg.layers:
-                c = self.layers[li].channels
-                by_layer[li] = found[si][1][:, offset : offset + c]
-                offset += c
-        for si, seg in enumerate(self.segments):
-            if seg.via_pool is not None:
-                found[si] = (maps[seg.layers[0]], by_layer[seg.via_pool])
-        parts = [found[si] for si in range(len(self.segments))]
-        batch_max = tf.concat([p[1] for p in parts], axis=1)  # [batch, units], segment order
-        batch_max = tf.where(tf.math.is_nan(batch_max), tf.constant(-np.inf, batch_max.dtype), batch_max)
-        return batch_max, [p[0] for p in parts]
+            row_max = tf.reduce_max(a, axis=2)
+            top = tf.reduce_max(row_max, axis=1)
+            found[si] = (a, row_max, tf.where(tf.math.is_nan(top) | ~valid[:, None], tf.constant(-np.inf, top.dtype), top))
+        return [found[si] for si in range(len(self.segments))]
 
-    def _entered(self, seg: _Segment, a, picked, values):
-        """The maps of a segment that entered a top K in this batch, in row-major order of (unit,
-        slot): their entries' (unit row, slot) [n, 2], positions [n] (the first maximum in row-major
-        order) and heatmaps uint8 [n, hs * ws] (the map averaged over blocks as block_mean does,
-        255 = the map's own maximum, its entry's value). Nothing is read in a batch where no map of
-        the segment entered.
+    def _candidates(self, seg: _Segment, a, row_max, top, kth):
+        """The maps of a segment that may enter a top K in this batch: those above their unit's
+        current K-th value (a tie keeps the earlier image), a superset of those that enter. For each,
+        in row-major order of (channel, image): its key channel * batch + image, its position (the
+        first maximum in row-major order: the first row holding the map's maximum, then the first
+        column of that row) and its heatmap uint8 [hs * ws] (the map averaged over blocks as
+        block_mean does, 255 = the map's own maximum).
 
-        Few entries (after the first batches): only their maps are read, at full size, straight
-        from the [batch, h, w, channels] map. Many (the first batches, where most maps enter): the
-        batch's row maxima and block means are computed once and only those small values gathered,
-        so memory stays near the map's own size."""
-        k = self.k
+        Read before the merge, so that the batch's large maps are freed as soon as the forward pass
+        no longer needs them; only small values are gathered (a row of each candidate's row maxima,
+        one row of its map, its block means), so the cost does not depend on how many maps are
+        candidates: in the first batches nearly all are."""
         b, h, w, c = a.shape
         hs, ws = seg.shape
-        where = tf.where(picked >= k)  # [n, 2]: (channel, slot) of the entries that came from this batch
-        image = tf.gather_nd(picked, where) - k
+        where = tf.where(tf.transpose(top) > kth[:, None])  # [m, 2]: (channel, image)
+        score = tf.gather_nd(tf.transpose(top), where)[:, None]
         kind = _index_kind(a)
-        flat = tf.reshape(a, [-1])
+        channel, image = tf.cast(where[:, 0], kind), tf.cast(where[:, 1], kind)
 
-        def at(size, step, base=None):  # flat indices [n, size]: `size` values `step` apart, one row per entry
-            start = tf.cast(where[:, :1], kind) if base is None else base[:, None]
-            return start + tf.constant(np.arange(size)[None, :] * step, kind)
+        def gather(values, size, step, base):  # [m, size]: `size` values `step` apart from each base, in the flat tensor
+            return tf.gather(tf.reshape(values, [-1]), base[:, None] + tf.constant(np.arange(size)[None, :] * step, kind))
 
-        def levels(small):
-            score = tf.gather_nd(values, where)[:, None]
-            level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(small, score), 0.0, 1.0), 0.0) * 255.0
-            return tf.cast(tf.round(level), tf.uint8)
+        row = tf.argmax(gather(row_max, h, c, image * (h * c) + channel), axis=1, output_type=tf.int32)
+        in_row = gather(a, w, c, image * (h * w * c) + tf.cast(row, kind) * (w * c) + channel)
+        position = row * w + tf.argmax(in_row, axis=1, output_type=tf.int32)
+        small = gather(block_mean(a, seg.scale), hs * ws, c, image * (hs * ws * c) + channel)
+        level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(small, score), 0.0, 1.0), 0.0) * 255.0
+        return where[:, 0] * b + where[:, 1], position, tf.cast(tf.round(level), tf.uint8)
 
-        def read_few():
-            full = tf.gather(flat, at(h * w, c) + tf.cast(image, kind)[:, None] * (h * w * c))
-            position = tf.argmax(full, axis=1, output_type=tf.int32)
-            return position, levels(tf.reshape(block_mean(tf.reshape(full, [-1, h, w, 1]), seg.scale), [-1, hs * ws]))
-
-        def read_many():
-            first = tf.cast(image, kind)
-            row_max = tf.reshape(tf.reduce_max(a, axis=2), [-1])  # [b, h, c]
-            row = tf.argmax(tf.gather(row_max, at(h, c) + first[:, None] * (h * c)), axis=1, output_type=tf.int32)
-            in_row = tf.gather(flat, at(w, c, first * (h * w * c) + tf.cast(row, kind) * (w * c) + tf.cast(where[:, 0], kind)))
-            position = row * w + tf.argmax(in_row, axis=1, output_type=tf.int32)
-            small = tf.reshape(block_mean(a, seg.scale), [-1])  # [b, hs, ws, c]
-            return position, levels(tf.gather(small, at(hs * ws, c) + first[:, None] * (hs * ws * c)))
-
-        n = tf.size(image)
-        position, level = tf.cond(
-            n == 0, lambda: (tf.zeros([0], tf.int32), tf.zeros([0, hs * ws], tf.uint8)),
-            lambda: tf.cond(n <= int(b * c * FEW_ENTRIES), read_few, read_many))
-        return where + tf.constant([[seg.start, 0]], tf.int64), position, level
+    def _entered(self, seg: _Segment, candidates, picked):
+        """The maps of a segment that entered a top K in this batch, in row-major order of (unit,
+        slot): their entries' (unit row, slot) [n, 2], positions [n] and heatmaps [n, hs * ws],
+        taken from the candidates (every entry is one)."""
+        keys, position, level = candidates
+        where = tf.where(picked >= self.k)  # [n, 2]: (channel, slot) of the entries that came from this batch
+        image = tf.cast(tf.gather_nd(picked, where) - self.k, tf.int64)
+        at = tf.searchsorted(keys, where[:, 0] * self.batch_size + image)
+        return where + tf.constant([[seg.start, 0]], tf.int64), tf.gather(position, at), tf.gather(level, at)
 
     def _step(self, pixels, ids, labels, state):
         """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K);
@@ -312,8 +265,10 @@ class MiningStep:
         vals, top_ids, pos = state
         outs = self.tap(_input(pixels, self.preprocessing), training=False)
         preds, maps = outs[0], outs[1:]
-        batch_max, seg_maps = self.reduce(maps)
-        batch_max = tf.where(ids[:, None] >= 0, batch_max, tf.constant(-np.inf, batch_max.dtype))
+        segments = self.reduce(maps, ids >= 0)
+        kth = vals[:, self.k - 1]
+        candidates = [self._candidates(seg, a, row_max, top, kth[seg.start : seg.stop]) for seg, (a, row_max, top) in zip(self.segments, segments)]
+        batch_max = tf.concat([top for _, _, top in segments], axis=1)  # [batch, units], segment order
         values = [batch_max]
         places = [tf.zeros(tf.shape(batch_max), tf.int32)]  # units' positions: set below, for the entries that enter
         for li, row, col, ch in self.probe_slots:
@@ -323,7 +278,7 @@ class MiningStep:
         new_vals = tf.transpose(tf.concat(values, axis=1))  # [units + probes, batch]
         new_pos = tf.transpose(tf.concat(places, axis=1))
         (vals, top_ids, pos), picked, rows, rows_picked = _merge_top_k(vals, top_ids, pos, new_vals, ids, new_pos, self.k)
-        parts = [self._entered(seg, a, picked[seg.start : seg.stop], vals[seg.start : seg.stop]) for seg, a in zip(self.segments, seg_maps)]
+        parts = [self._entered(seg, cand, picked[seg.start : seg.stop]) for seg, cand in zip(self.segments, candidates)]
         pos = tf.tensor_scatter_nd_update(pos, tf.concat([p[0] for p in parts], axis=0), tf.concat([p[1] for p in parts], axis=0))
         table = (vals, top_ids, pos)
         heat = (rows, rows_picked, tuple(p[2] for p in parts))  # for HeatTable.update
