@@ -144,6 +144,33 @@ def _err(capsys) -> str:
     return capsys.readouterr().err.strip()
 
 
+def test_fingerprint_does_not_depend_on_variable_paths(case):
+    """A variable's path depends on the process that made it (a name scope, other models built
+    before): the same file loaded both ways has one fingerprint, so a Ray worker (a fresh process)
+    agrees with a driver that has built other models; other weights do not."""
+    import keras
+
+    from reportgen.dataset import discover
+    from reportgen.engines.shards import fingerprint
+    from reportgen.model import trace_model
+    from reportgen.model.preprocess import make_preprocessing
+
+    model, data, _ = case
+    dataset = discover(data)
+    preprocessing = make_preprocessing("rescale", 3)
+
+    def weights_print(m):
+        return fingerprint(trace_model(m), dataset, preprocessing, [], 5, 4)["model"]
+
+    plain = keras.models.load_model(model)
+    with keras.name_scope("elsewhere"):
+        scoped = keras.models.load_model(model)
+    assert [w.path for w in plain.weights] != [w.path for w in scoped.weights]
+    assert weights_print(plain) == weights_print(scoped)
+    scoped.weights[0].assign(scoped.weights[0].numpy() + 1)
+    assert weights_print(plain) != weights_print(scoped)
+
+
 def test_merge_refuses_what_does_not_belong(case, tmp_path, capsys):
     model, data, _ = case
     parts = tmp_path / "parts"
