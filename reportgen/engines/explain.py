@@ -14,7 +14,6 @@ over the images predicted as that class.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import numpy as np
 
 from reportgen.dataset import Dataset, Skipped, iter_batches
 from reportgen.engines.local import _progress
-from reportgen.engines.mining import _input, _merge_top_k, _spatial_max, pixel_dtype
+from reportgen.engines.mining import _input, _merge_top_k, index_kind, pixel_dtype
 from reportgen.errors import UserError
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
@@ -106,6 +105,36 @@ def class_activation_maps(traced: TracedModel, dataset: Dataset, images: list[in
 
 
 # -- the relevance pass ---------------------------------------------------------------------------
+
+
+def _gather_positions(a, positions):
+    """a: [b, h, w, c] with a static shape; positions: [b, c, k] spatial positions (row * w + col)
+    -> [b, c, k]: the values of map c of image b at those positions. One gather on the flat map."""
+    b, h, w, c = a.shape
+    kind = index_kind(a)
+    base = np.arange(b)[:, None, None] * (h * w * c) + np.arange(c)[None, :, None]  # static [b, c, 1]
+    return tf.gather(tf.reshape(a, [-1]), tf.cast(positions, kind) * c + tf.constant(base, kind))
+
+
+def _spatial_max(a):
+    """Per image and channel of a [batch, h, w, c] map (static shape): the maximum, and its first
+    position in row-major order (row * w + col).
+
+    On large maps an argmax over h*w is slow (it reads the map again, element by element). Instead:
+    one max over each row (the only full read), the first row holding the maximum from that small
+    [batch, h, c] tensor, then the first column holding it within that one row, gathered. Few
+    ops: in this graph the number of small ops costs more than their arithmetic. (The activation
+    pass finds positions for its candidate maps only: mining.MiningStep._candidates.)
+    """
+    b, h, w, c = a.shape
+    if h * w <= 64:
+        flat = tf.reshape(a, [b, h * w, c])
+        return tf.reduce_max(flat, axis=1), tf.argmax(flat, axis=1, output_type=tf.int32)
+    row_max = tf.reduce_max(a, axis=2)  # [b, h, c]
+    row = tf.argmax(row_max, axis=1, output_type=tf.int32)  # [b, c]: first row with the maximum
+    start = row * w
+    in_row = _gather_positions(a, start[:, :, None] + tf.constant(np.arange(w, dtype=np.int32)))  # [b, c, w]
+    return tf.reduce_max(row_max, axis=1), start + tf.argmax(in_row, axis=2, output_type=tf.int32)
 
 
 @dataclass

@@ -167,7 +167,7 @@ def mine(
     vals, ids, pos = (t.numpy() for t in state)
     _keep_only(thumbnails, ids)  # the caller's dict is not changed: this is a copy
     end = miner.units
-    heat_maps, heat_sizes = heat.flat(miner)
+    heat_maps, heat_sizes = heat.flat()
     table = [np.concatenate([miner.to_layer_order(a), a[end:]]) for a in (vals, ids, pos)]  # units in layer order, then probes
     counts, hi, nonpositive = (miner.to_layer_order(a) for a in (histograms.counts, histograms.hi, histograms.nonpositive))
     t = min(TOP, len(dataset.classes)) if mode != "none" else 0

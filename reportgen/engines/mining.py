@@ -2,8 +2,8 @@
 
 One `tf.function` per batch runs the tap model and reduces every map layer to a per-image,
 per-channel maximum, then merges those with the running top K of every unit (and of every --unit
-probe). The few maps that enter some top K in this batch are read again for their position and
-downsampled into that unit's heatmap slot, so the galleries need no second read of the dataset.
+probe). The few maps that can enter some top K in this batch give their position and a downsampled
+heatmap for that unit's slot, so the galleries need no second read of the dataset.
 Only small reductions leave the graph (predictions, [batch, units] maxima, per-image losses, which images
 entered some top K); activation maps never do, so memory is O(units x K), flat in the dataset's size.
 
@@ -20,7 +20,6 @@ top score at the end.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,38 +68,9 @@ def _merge_top_k(vals, ids, pos, new_vals, new_ids, new_pos, k: int):
     return table, tf.tensor_scatter_nd_update(unchanged, at, top.indices), rows, top.indices
 
 
-def _index_kind(a):
+def index_kind(a):
     """int32 flat indices, or int64 where a batch of maps passes 2**31 elements."""
     return tf.int64 if int(np.prod(a.shape)) >= 2**31 else tf.int32
-
-
-def _gather_positions(a, positions):
-    """a: [b, h, w, c] with a static shape; positions: [b, c, k] spatial positions (row * w + col)
-    -> [b, c, k]: the values of map c of image b at those positions. One gather on the flat map."""
-    b, h, w, c = a.shape
-    kind = _index_kind(a)
-    base = np.arange(b)[:, None, None] * (h * w * c) + np.arange(c)[None, :, None]  # static [b, c, 1]
-    return tf.gather(tf.reshape(a, [-1]), tf.cast(positions, kind) * c + tf.constant(base, kind))
-
-
-def _spatial_max(a):
-    """Per image and channel of a [batch, h, w, c] map (static shape): the maximum, and its first
-    position in row-major order (row * w + col).
-
-    On large maps an argmax over h*w is slow (it reads the map again, element by element). Instead:
-    one max over each row (the only full read), the first row holding the maximum from that small
-    [batch, h, c] tensor, then the first column holding it within that one row, gathered. Few
-    ops: in this graph the number of small ops costs more than their arithmetic.
-    """
-    b, h, w, c = a.shape
-    if h * w <= 64:
-        flat = tf.reshape(a, [b, h * w, c])
-        return tf.reduce_max(flat, axis=1), tf.argmax(flat, axis=1, output_type=tf.int32)
-    row_max = tf.reduce_max(a, axis=2)  # [b, h, c]
-    row = tf.argmax(row_max, axis=1, output_type=tf.int32)  # [b, c]: first row with the maximum
-    start = row * w
-    in_row = _gather_positions(a, start[:, :, None] + tf.constant(np.arange(w, dtype=np.int32)))  # [b, c, w]
-    return tf.reduce_max(row_max, axis=1), start + tf.argmax(in_row, axis=2, output_type=tf.int32)
 
 
 DEFAULT_PREPROCESSING = make_preprocessing("rescale", 3)  # x / 255, as flow_from_directory(rescale=1/255)
@@ -142,8 +112,8 @@ class _Segment:
 
 
 class MiningStep:
-    """The per-batch graph: forward, spatial max/argmax per channel, merge with running top K, and
-    the heatmaps of the maps that entered some top K in this batch (returned; HeatTable keeps them).
+    """The per-batch graph: forward, per-channel maxima, merge with running top K, and the positions
+    and heatmaps of the maps that entered some top K in this batch (returned; HeatTable keeps the heatmaps).
 
     Units are kept in segment order (`order[row]` is the unit's index in layer order); probes follow.
     """
@@ -212,13 +182,13 @@ class MiningStep:
         """Per segment: its map (layers side by side), row maxima [batch, h, channels] and maximum
         [batch, channels] (NaN and the padding images -inf). One read of each map; positions and
         heatmaps come later, for the maps that may enter a top K only."""
-        found = {}
-        for si, seg in enumerate(self.segments):
+        found = []
+        for seg in self.segments:
             a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=3)
             row_max = tf.reduce_max(a, axis=2)
             top = tf.reduce_max(row_max, axis=1)
-            found[si] = (a, row_max, tf.where(tf.math.is_nan(top) | ~valid[:, None], tf.constant(-np.inf, top.dtype), top))
-        return [found[si] for si in range(len(self.segments))]
+            found.append((a, row_max, tf.where(tf.math.is_nan(top) | ~valid[:, None], tf.constant(-np.inf, top.dtype), top)))
+        return found
 
     def _candidates(self, seg: _Segment, a, row_max, top, kth):
         """The maps of a segment that may enter a top K in this batch: those above their unit's
@@ -236,7 +206,7 @@ class MiningStep:
         hs, ws = seg.shape
         where = tf.where(tf.transpose(top) > kth[:, None])  # [m, 2]: (channel, image)
         score = tf.gather_nd(tf.transpose(top), where)[:, None]
-        kind = _index_kind(a)
+        kind = index_kind(a)
         channel, image = tf.cast(where[:, 0], kind), tf.cast(where[:, 1], kind)
 
         def gather(values, size, step, base):  # [m, size]: `size` values `step` apart from each base, in the flat tensor
@@ -296,6 +266,7 @@ class HeatTable:
     def __init__(self, miner: MiningStep) -> None:
         self.k = miner.k
         self.segments = miner.segments
+        self.channels = [node.channels for node in miner.layers]
         self.tables = [np.zeros((seg.stop - seg.start, miner.k, seg.shape[0] * seg.shape[1]), np.uint8) for seg in miner.segments]
 
     def update(self, rows: np.ndarray, picked: np.ndarray, levels: list[np.ndarray]) -> None:
@@ -316,17 +287,16 @@ class HeatTable:
             out[~kept] = new
             table[local] = out
 
-    def flat(self, miner: MiningStep) -> tuple[np.ndarray, np.ndarray]:
+    def flat(self) -> tuple[np.ndarray, np.ndarray]:
         """Every unit's heatmaps, unit after unit in layer order ([k, size] each; empty slots are
         zeros), and each unit's size: PartialScan.heat and heat_sizes."""
         at = {}
         for seg, table in zip(self.segments, self.tables):
             row = 0
             for li in seg.layers:
-                c = miner.layers[li].channels
-                at[li] = table[row : row + c]
-                row += c
-        blocks = [at[li] for li in range(len(miner.layers))]
+                at[li] = table[row : row + self.channels[li]]
+                row += self.channels[li]
+        blocks = [at[li] for li in range(len(self.channels))]
         sizes = np.concatenate([np.full(b.shape[0], b.shape[2], np.int64) for b in blocks]) if blocks else np.zeros(0, np.int64)
         return np.concatenate([b.reshape(-1) for b in blocks]) if blocks else np.zeros(0, np.uint8), sizes
 

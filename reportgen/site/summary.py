@@ -12,7 +12,6 @@ most 160 pixels a side, and feature maps drawn at their own size (at least 48 pi
 from __future__ import annotations
 
 import base64
-import collections
 from dataclasses import dataclass
 
 import numpy as np

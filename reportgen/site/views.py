@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from reportgen.images import unit_overlay
 from reportgen.report import LayerNode, ReceptiveField
