@@ -199,7 +199,8 @@ def _log_to_mlflow(result) -> None:
 
 def _on_signal(signum, frame):  # Ctrl-C or `kill`: unwind, so the temporary folder is removed
     Interruption.requested = True  # in case the exception lands in a finalizer and is swallowed
-    raise KeyboardInterrupt
+    if not Interruption.deferred:  # else the loop over batches raises it at its next step (errors.between_steps)
+        raise KeyboardInterrupt
 
 
 # BuildOptions field <- the build parser's dest, where the two names differ

@@ -22,7 +22,7 @@ import numpy as np
 from reportgen.dataset import Dataset, Skipped, iter_batches
 from reportgen.engines.local import _progress
 from reportgen.engines.mining import _input, _merge_top_k, index_kind, pixel_dtype
-from reportgen.errors import UserError
+from reportgen.errors import UserError, between_steps, check_interruption
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
 from reportgen.model.tf import tf
@@ -95,12 +95,14 @@ def class_activation_maps(traced: TracedModel, dataset: Dataset, images: list[in
     {image: pixels}, skipped)."""
     cams, pixels, skipped = {}, {}, []
     records = [dataset.records[i] for i in sorted(images)]
-    for batch in iter_batches(records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec)):
-        classes = np.array([targets[int(i)] for i in batch.indices], np.int32)
-        result = step(batch.pixels, classes)
-        for b, image in enumerate(batch.indices.tolist()):
-            cams[image] = result[b]
-            pixels[image] = batch.pixels[b]
+    with between_steps():
+        for batch in iter_batches(records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec)):
+            check_interruption()
+            classes = np.array([targets[int(i)] for i in batch.indices], np.int32)
+            result = step(batch.pixels, classes)
+            for b, image in enumerate(batch.indices.tolist()):
+                cams[image] = result[b]
+                pixels[image] = batch.pixels[b]
     return cams, pixels, skipped
 
 
@@ -203,8 +205,9 @@ def relevance_pass(traced: TracedModel, dataset: Dataset, predictions, *, top_k:
     table, sums = step.initial_state()
     records = [r for r in dataset.records if predictions.read[r.index]]
     skipped: list[Skipped] = []
-    with _progress(len(records), "relevance pass", quiet) as bar:
+    with _progress(len(records), "relevance pass", quiet) as bar, between_steps():
         for batch in iter_batches(records, traced.spec, batch_size, skipped, resizer=resizer(traced.spec)):
+            check_interruption()
             n = len(batch.indices)
             pixels, ids = batch.pixels, batch.indices
             if n < batch_size:

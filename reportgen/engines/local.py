@@ -16,7 +16,7 @@ from tqdm import tqdm
 from reportgen.dataset import Dataset, ImageRecord, Skipped, iter_batches
 from reportgen.engines.mining import DEFAULT_PREPROCESSING, HeatTable, MiningStep, PerImageLoss, Probe, _input
 from reportgen.engines.partial import PartialScan, finish
-from reportgen.errors import UserError, check_interruption
+from reportgen.errors import UserError, between_steps, check_interruption
 from reportgen.images import make_thumbnail
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
@@ -139,7 +139,7 @@ def mine(
 
     # The host-side statistics of one batch run in a helper thread while the graph runs the next
     # (TensorFlow releases the GIL); one thread, so batches are counted in order.
-    with _progress(len(records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats:
+    with _progress(len(records), "scanning dataset", quiet) as bar, concurrent.futures.ThreadPoolExecutor(1) as stats, between_steps():
         pending = None
         source = decoded if decoded is not None else iter_batches(records, traced.spec, batch_size, skipped, decode_threads, resizer(traced.spec))
         for batch in source:

@@ -10,7 +10,10 @@ entered some top K); activation maps never do, so memory is O(units x K), flat i
 Positions: the first position of the maximum in row-major order (the first row holding it, then
 the first column of that row). Each map is read once per batch, for its row maxima (whose maximum is
 the map's); positions and heatmaps are then gathered for the few maps that may enter a top K (after
-the first batches, few do), before the merge, so the batch's maps are freed early.
+the first batches, few do), before the merge, so the batch's maps are freed early. The index
+arithmetic for those runs once for all segments (per-unit stride columns, split by segment with
+tf.dynamic_partition): only the gathers from each map are per segment, as in a graph of a hundred
+segments the number of ops costs more (tracing, optimising, dispatching) than their arithmetic.
 
 Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
 (block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
@@ -96,6 +99,20 @@ def block_mean(a, scale: int):
     return tf.nn.avg_pool2d(a, scale, scale, padding)
 
 
+def _shared_constants():
+    """value -> one constant tensor, made once in the graph being traced: a graph of a hundred
+    segments otherwise holds thousands of copies of 0, 1 and [-1], each an op to trace and optimise."""
+    made: dict = {}
+
+    def shared(value):
+        key = (type(value), repr(value))
+        if key not in made:
+            made[key] = tf.constant(value)
+        return made[key]
+
+    return shared
+
+
 GROUP_LIMIT = 65_536  # maps of at most this many values per image are reduced together with others of their size
 
 
@@ -131,6 +148,7 @@ class MiningStep:
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
         self.units = self.offsets[-1]
         self.segments = self._segments()
+        self.unit_columns = self._unit_columns()
         self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
         self.tap = traced.tap
         self.batch_size = batch_size
@@ -178,56 +196,90 @@ class MiningStep:
             tf.zeros([units, self.k], tf.int32),
         )
 
-    def reduce(self, maps, valid):
+    def reduce(self, maps):
         """Per segment: its map (layers side by side), row maxima [batch, h, channels] and maximum
-        [batch, channels] (NaN and the padding images -inf). One read of each map; positions and
-        heatmaps come later, for the maps that may enter a top K only."""
+        [batch, channels]. One read of each map; positions and heatmaps come later, for the maps
+        that may enter a top K only."""
+        shared = _shared_constants()
         found = []
         for seg in self.segments:
-            a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=3)
-            row_max = tf.reduce_max(a, axis=2)
-            top = tf.reduce_max(row_max, axis=1)
-            found.append((a, row_max, tf.where(tf.math.is_nan(top) | ~valid[:, None], tf.constant(-np.inf, top.dtype), top)))
+            a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=shared(3))
+            row_max = tf.reduce_max(a, axis=shared(2))
+            found.append((a, row_max, tf.reduce_max(row_max, axis=shared(1))))
         return found
 
-    def _candidates(self, seg: _Segment, a, row_max, top, kth):
-        """The maps of a segment that may enter a top K in this batch: those above their unit's
-        current K-th value (a tie keeps the earlier image), a superset of those that enter. For each,
-        in row-major order of (channel, image): its key channel * batch + image, its position (the
+    def _unit_columns(self) -> dict[str, np.ndarray]:
+        """Per unit row (segment order): its segment, its channel in the segment's map, and the
+        strides of the segment's row maxima, map and heatmap per image (h*c, h*w*c, hs*ws*c) and
+        its width: gathered per candidate, so that the index arithmetic runs once for all segments
+        (ops per segment cost more here than their arithmetic: graph size, tracing, dispatch)."""
+        columns = {name: [] for name in ("segment", "channel", "rows", "map", "heat", "width")}
+        for i, seg in enumerate(self.segments):
+            h, w = self.layers[seg.layers[0]].spatial
+            hs, ws = seg.shape
+            c = seg.stop - seg.start
+            for name, value in (("segment", i), ("rows", h * c), ("map", h * w * c), ("heat", hs * ws * c), ("width", w)):
+                columns[name].append(np.full(c, value, np.int64))
+            columns["channel"].append(np.arange(c, dtype=np.int64))
+        return {name: (np.concatenate(v) if v else np.zeros(0, np.int64)).astype(np.int32 if name == "segment" else np.int64)
+                for name, v in columns.items()}
+
+    def _candidates(self, found, unit_max, kth):
+        shared = _shared_constants()
+        """The maps that may enter a top K in this batch: those above their unit's current K-th
+        value (a tie keeps the earlier image), a superset of those that enter. For each, in
+        row-major order of (unit row, image): its key unit row * batch + image, its position (the
         first maximum in row-major order: the first row holding the map's maximum, then the first
-        column of that row) and its heatmap uint8 [hs * ws] (the map averaged over blocks as
-        block_mean does, 255 = the map's own maximum).
+        column of that row), and per segment, the heatmaps of its candidates uint8 [m, hs * ws]
+        (the map averaged over blocks as block_mean does, 255 = the map's own maximum).
 
         Read before the merge, so that the batch's large maps are freed as soon as the forward pass
         no longer needs them; only small values are gathered (a row of each candidate's row maxima,
         one row of its map, its block means), so the cost does not depend on how many maps are
         candidates: in the first batches nearly all are."""
-        b, h, w, c = a.shape
-        hs, ws = seg.shape
-        where = tf.where(tf.transpose(top) > kth[:, None])  # [m, 2]: (channel, image)
-        score = tf.gather_nd(tf.transpose(top), where)[:, None]
-        kind = index_kind(a)
-        channel, image = tf.cast(where[:, 0], kind), tf.cast(where[:, 1], kind)
+        t = {name: tf.constant(v) for name, v in self.unit_columns.items()}
+        where = tf.where(unit_max > kth[:, None])  # [m, 2]: (unit row, image)
+        unit, image = where[:, 0], where[:, 1]
+        segment = tf.gather(t["segment"], unit)
+        channel = tf.gather(t["channel"], unit)
+        n = len(self.segments)
 
-        def gather(values, size, step, base):  # [m, size]: `size` values `step` apart from each base, in the flat tensor
-            return tf.gather(tf.reshape(values, [-1]), base[:, None] + tf.constant(np.arange(size)[None, :] * step, kind))
+        def column(x):  # [m] -> [m, 1]
+            return tf.reshape(x, shared([-1, 1]))
 
-        row = tf.argmax(gather(row_max, h, c, image * (h * c) + channel), axis=1, output_type=tf.int32)
-        in_row = gather(a, w, c, image * (h * w * c) + tf.cast(row, kind) * (w * c) + channel)
-        position = row * w + tf.argmax(in_row, axis=1, output_type=tf.int32)
-        small = gather(block_mean(a, seg.scale), hs * ws, c, image * (hs * ws * c) + channel)
-        level = tf.where(score > 0, tf.clip_by_value(tf.math.divide_no_nan(small, score), 0.0, 1.0), 0.0) * 255.0
-        return where[:, 0] * b + where[:, 1], position, tf.cast(tf.round(level), tf.uint8)
+        by_segment = [tf.dynamic_partition(column(x), segment, n) for x in
+                      (image * tf.gather(t["rows"], unit) + channel, image * tf.gather(t["map"], unit) + channel,
+                       image * tf.gather(t["heat"], unit) + channel, tf.maximum(tf.gather_nd(unit_max, where), shared(0.0)))]
+        rows, cols, levels = [], [], []
+        for i, (seg, (a, row_max, _)) in enumerate(zip(self.segments, found)):
+            at_rows, at_map, at_heat, score = (parts[i] for parts in by_segment)  # [m_i, 1] each
+            b, h, w, c = a.shape
+            hs, ws = seg.shape
 
-    def _entered(self, seg: _Segment, candidates, picked):
-        """The maps of a segment that entered a top K in this batch, in row-major order of (unit,
-        slot): their entries' (unit row, slot) [n, 2], positions [n] and heatmaps [n, hs * ws],
-        taken from the candidates (every entry is one)."""
-        keys, position, level = candidates
-        where = tf.where(picked >= self.k)  # [n, 2]: (channel, slot) of the entries that came from this batch
+            def gather(values, base, size):  # [m_i, size]: `size` values c apart from each base, in the flat tensor
+                return tf.gather(tf.reshape(values, shared([-1])), base + tf.constant(np.arange(size, dtype=np.int64)[None, :] * c), axis=shared(0))
+
+            row = tf.argmax(gather(row_max, at_rows, h), axis=shared(1))
+            rows.append(row)
+            cols.append(tf.argmax(gather(a, at_map + column(row) * (w * c), w), axis=shared(1)))
+            small = gather(block_mean(a, seg.scale), at_heat, hs * ws)
+            level = tf.minimum(tf.maximum(tf.math.divide_no_nan(small, score), shared(0.0)), shared(1.0)) * shared(255.0)
+            levels.append(tf.cast(tf.round(level), tf.uint8))
+        position = tf.cast(tf.concat(rows, axis=0) * tf.gather(t["width"], unit) + tf.concat(cols, axis=0), tf.int32)
+        counts = tf.math.bincount(segment, minlength=n, maxlength=n, dtype=tf.int64)
+        return unit * self.batch_size + image, position, levels, tf.cumsum(counts, exclusive=True)
+
+    def _entered(self, candidates, picked):
+        """The maps that entered a top K in this batch, in row-major order of (unit row, slot): their
+        entries' (unit row, slot) [n, 2] and positions [n], and per segment, their heatmaps
+        [n_segment, hs * ws]; taken from the candidates (every entry is one)."""
+        keys, position, levels, first = candidates
+        where = tf.where(picked >= self.k)  # [n, 2]: (unit row, slot) of the entries that came from this batch
         image = tf.cast(tf.gather_nd(picked, where) - self.k, tf.int64)
-        at = tf.searchsorted(keys, where[:, 0] * self.batch_size + image)
-        return where + tf.constant([[seg.start, 0]], tf.int64), tf.gather(position, at), tf.gather(level, at)
+        at = tf.searchsorted(keys, where[:, 0] * self.batch_size + image, out_type=tf.int64)
+        segment = tf.gather(tf.constant(self.unit_columns["segment"]), where[:, 0])
+        local = tf.dynamic_partition(at - tf.gather(first, segment), segment, len(self.segments))
+        return where, tf.gather(position, at), tuple(tf.gather(level, i) for level, i in zip(levels, local))
 
     def _step(self, pixels, ids, labels, state):
         """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K);
@@ -235,23 +287,24 @@ class MiningStep:
         vals, top_ids, pos = state
         outs = self.tap(_input(pixels, self.preprocessing), training=False)
         preds, maps = outs[0], outs[1:]
-        segments = self.reduce(maps, ids >= 0)
-        kth = vals[:, self.k - 1]
-        candidates = [self._candidates(seg, a, row_max, top, kth[seg.start : seg.stop]) for seg, (a, row_max, top) in zip(self.segments, segments)]
-        batch_max = tf.concat([top for _, _, top in segments], axis=1)  # [batch, units], segment order
-        values = [batch_max]
-        places = [tf.zeros(tf.shape(batch_max), tf.int32)]  # units' positions: set below, for the entries that enter
+        found = self.reduce(maps)
+        batch_max = tf.concat([top for _, _, top in found], axis=1)  # [batch, units], segment order
+        batch_max = tf.where(tf.math.is_nan(batch_max) | (ids < 0)[:, None], tf.constant(-np.inf, batch_max.dtype), batch_max)
+        unit_max = tf.transpose(batch_max)  # [units, batch]
+        candidates = self._candidates(found, unit_max, vals[: self.units, self.k - 1])
+        values = [unit_max]
+        places = [tf.zeros(tf.shape(unit_max), tf.int32)]  # units' positions: set below, for the entries that enter
         for li, row, col, ch in self.probe_slots:
-            v = maps[li][:, row, col, ch][:, None]
-            values.append(tf.where(tf.math.is_nan(v) | (ids[:, None] < 0), tf.constant(-np.inf, v.dtype), v))
+            v = maps[li][:, row, col, ch][None, :]
+            values.append(tf.where(tf.math.is_nan(v) | (ids[None, :] < 0), tf.constant(-np.inf, v.dtype), v))
             places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
-        new_vals = tf.transpose(tf.concat(values, axis=1))  # [units + probes, batch]
-        new_pos = tf.transpose(tf.concat(places, axis=1))
+        new_vals = tf.concat(values, axis=0)  # [units + probes, batch]
+        new_pos = tf.concat(places, axis=0)
         (vals, top_ids, pos), picked, rows, rows_picked = _merge_top_k(vals, top_ids, pos, new_vals, ids, new_pos, self.k)
-        parts = [self._entered(seg, cand, picked[seg.start : seg.stop]) for seg, cand in zip(self.segments, candidates)]
-        pos = tf.tensor_scatter_nd_update(pos, tf.concat([p[0] for p in parts], axis=0), tf.concat([p[1] for p in parts], axis=0))
+        where, positions, levels = self._entered(candidates, picked[: self.units])
+        pos = tf.tensor_scatter_nd_update(pos, where, positions)
         table = (vals, top_ids, pos)
-        heat = (rows, rows_picked, tuple(p[2] for p in parts))  # for HeatTable.update
+        heat = (rows, rows_picked, levels)  # for HeatTable.update
         entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
         losses = self.loss(labels, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
         return preds, batch_max, losses, entered, heat, table
