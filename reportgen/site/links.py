@@ -29,6 +29,14 @@ class Links:
         self.anchors[page].add(name)
         return name
 
+    def units(self, page: str, channels) -> None:
+        """Anchors unit-<channel> on `page`, each linked from the page itself: a layer page's unit
+        list (a line per unit, each its own link), declared at once instead of a url() and an
+        anchor() call per unit in the template (21,000 units: most of a big model's page time)."""
+        names = [f"unit-{c}" for c in channels]
+        self.anchors[page].update(names)
+        self.links.extend((page, f"{page}#{name}") for name in names)
+
     def broken(self, files: set[str]) -> list[str]:
         """Links to a file that is not in `files`, or to an anchor its page does not declare."""
         found = []

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import jinja2
+import markupsafe
 import numpy as np
 
 from reportgen import __version__
@@ -50,6 +51,19 @@ def _num(value, digits: int = 4) -> str:
     if abs(value) >= 1000 or abs(value) < 1e-3:
         return f"{value:.{digits - 1}e}"
     return f"{value:.{digits}g}"
+
+
+def unit_items(lines, sheet_number: dict[str, int]) -> markupsafe.Markup:
+    """A layer page's unit list (what shows without JavaScript), one <li> per unit. Formatted here, not
+    in the template: a big model's layer has thousands of units, and Jinja's cost per expression made
+    these lists most of the site's time. Its ids and #unit-N links are declared by Links.units."""
+    items = []
+    for u in lines:
+        thumb = f'<span class="thumb s{sheet_number[u.best.sheet]}" style="background-position:{u.best.x}% {u.best.y}%"></span>' if u.best else ""
+        shown = '<span class="dead-tag">dead</span>' if u.dead else markupsafe.escape(_num(u.max_value, 3))
+        items.append(f'<li class="unit{" dead" if u.dead else ""}" id="unit-{u.channel}"><a href="#unit-{u.channel}"><span class="frame">{thumb}</span>'
+                     f'<b>{u.channel}</b> {shown}</a></li>\n')
+    return markupsafe.Markup("".join(items))
 
 
 @functools.lru_cache(maxsize=1)
@@ -335,8 +349,11 @@ class Renderer:
         )
         sheets = sorted({u.best.sheet for u in lines if u.best})
         sizes = {t.sheet: (t.columns, t.rows) for t in (u.best for u in lines if u.best)}
+        self.links.units(view.page, [u.channel for u in lines])  # ids and #unit-N links written by unit_items and the template
+        for grid in grids:
+            self.links.units(view.page, [t.channel for t in grid.tiles])
         self.render("layer.html", view.page, layer=view, max_channels=data.max_channels, top_k=data.top_k, sheets=sheets, sheet_sizes=sizes,
-                    evolution=evolution)
+                    unit_items=unit_items(lines, {sheet: i for i, sheet in enumerate(sheets)}), evolution=evolution)
         return view, sparsity
 
     def probe(self, probe) -> dict:
