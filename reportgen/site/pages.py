@@ -66,6 +66,16 @@ def unit_items(lines, sheet_number: dict[str, int]) -> markupsafe.Markup:
     return markupsafe.Markup("".join(items))
 
 
+def grid_links(tiles) -> markupsafe.Markup:
+    """The clickable tiles over a feature-map grid, one <a> per channel (formatted here for the same
+    reason as unit_items; declared by Links.units too)."""
+    return markupsafe.Markup("".join(
+        f'<a class="tile{" dead" if t.dead else ""}" href="#unit-{t.channel}" aria-label="unit {t.channel}" '
+        f'title="channel {t.channel}{" (constant on this image)" if t.dead else ""}" style="left: {round(t.left, 4)}%; '
+        f'top: {round(t.top, 4)}%; width: {round(t.width, 4)}%; height: {round(t.height, 4)}%"></a>'
+        for t in tiles))
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """One environment per process: its compiled templates are kept (the training callback renders
@@ -84,6 +94,7 @@ def environment() -> jinja2.Environment:
     env.filters["thousands"] = lambda v: f"{int(v):,}"
     env.filters["tojson_attr"] = lambda v: json.dumps(v, separators=(",", ":"))
     env.globals["version"] = __version__
+    env.globals["grid_links"] = grid_links
     return env
 
 
