@@ -10,10 +10,9 @@ entered some top K); activation maps never do, so memory is O(units x K), flat i
 Positions: the first position of the maximum in row-major order (the first row holding it, then
 the first column of that row). Each map is read once per batch, for its row maxima (whose maximum is
 the map's); positions and heatmaps are then gathered for the few maps that may enter a top K (after
-the first batches, few do), before the merge, so the batch's maps are freed early. The index
-arithmetic for those runs once for all segments (per-unit stride columns, split by segment with
-tf.dynamic_partition): only the gathers from each map are per segment, as in a graph of a hundred
-segments the number of ops costs more (tracing, optimising, dispatching) than their arithmetic.
+the first batches, few do), segment by segment before the merge, so each map is freed early; with
+few ops per segment, as in a graph of a hundred segments the number of ops costs more (tracing,
+optimising, dispatching) than their arithmetic.
 
 Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
 (block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
@@ -104,10 +103,10 @@ def _shared_constants():
     segments otherwise holds thousands of copies of 0, 1 and [-1], each an op to trace and optimise."""
     made: dict = {}
 
-    def shared(value):
-        key = (type(value), repr(value))
+    def shared(value, dtype=None):
+        key = (type(value), repr(value), dtype)
         if key not in made:
-            made[key] = tf.constant(value)
+            made[key] = tf.constant(value, dtype)
         return made[key]
 
     return shared
@@ -148,7 +147,7 @@ class MiningStep:
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
         self.units = self.offsets[-1]
         self.segments = self._segments()
-        self.unit_columns = self._unit_columns()
+        self.unit_segment = np.concatenate([np.full(seg.stop - seg.start, i, np.int32) for i, seg in enumerate(self.segments)] or [np.zeros(0, np.int32)])
         self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
         self.tap = traced.tap
         self.batch_size = batch_size
@@ -208,66 +207,47 @@ class MiningStep:
             found.append((a, row_max, tf.reduce_max(row_max, axis=shared(1))))
         return found
 
-    def _unit_columns(self) -> dict[str, np.ndarray]:
-        """Per unit row (segment order): its segment, its channel in the segment's map, and the
-        strides of the segment's row maxima, map and heatmap per image (h*c, h*w*c, hs*ws*c) and
-        its width: gathered per candidate, so that the index arithmetic runs once for all segments
-        (ops per segment cost more here than their arithmetic: graph size, tracing, dispatch)."""
-        columns = {name: [] for name in ("segment", "channel", "rows", "map", "heat", "width")}
-        for i, seg in enumerate(self.segments):
-            h, w = self.layers[seg.layers[0]].spatial
-            hs, ws = seg.shape
-            c = seg.stop - seg.start
-            for name, value in (("segment", i), ("rows", h * c), ("map", h * w * c), ("heat", hs * ws * c), ("width", w)):
-                columns[name].append(np.full(c, value, np.int64))
-            columns["channel"].append(np.arange(c, dtype=np.int64))
-        return {name: (np.concatenate(v) if v else np.zeros(0, np.int64)).astype(np.int32 if name == "segment" else np.int64)
-                for name, v in columns.items()}
-
-    def _candidates(self, found, unit_max, kth):
-        shared = _shared_constants()
+    def _candidates(self, found, kth, invalid):
         """The maps that may enter a top K in this batch: those above their unit's current K-th
-        value (a tie keeps the earlier image), a superset of those that enter. For each, in
-        row-major order of (unit row, image): its key unit row * batch + image, its position (the
-        first maximum in row-major order: the first row holding the map's maximum, then the first
-        column of that row), and per segment, the heatmaps of its candidates uint8 [m, hs * ws]
-        (the map averaged over blocks as block_mean does, 255 = the map's own maximum).
+        value (a tie keeps the earlier image), a superset of those that enter. Returns, in
+        row-major order of (unit row, image), each candidate's key unit row * batch + image and
+        position (the first maximum in row-major order: the first row holding the map's maximum,
+        then the first column of that row); per segment, its candidates' heatmaps uint8 [m, hs * ws]
+        (the map averaged over blocks as block_mean does, 255 = the map's own maximum) and where
+        they start in the keys; and the maxima [batch, units] (NaN and the padding images -inf).
 
-        Read before the merge, so that the batch's large maps are freed as soon as the forward pass
-        no longer needs them; only small values are gathered (a row of each candidate's row maxima,
-        one row of its map, its block means), so the cost does not depend on how many maps are
-        candidates: in the first batches nearly all are."""
-        t = {name: tf.constant(v) for name, v in self.unit_columns.items()}
-        where = tf.where(unit_max > kth[:, None])  # [m, 2]: (unit row, image)
-        unit, image = where[:, 0], where[:, 1]
-        segment = tf.gather(t["segment"], unit)
-        channel = tf.gather(t["channel"], unit)
-        n = len(self.segments)
-
-        def column(x):  # [m] -> [m, 1]
-            return tf.reshape(x, shared([-1, 1]))
-
-        by_segment = [tf.dynamic_partition(column(x), segment, n) for x in
-                      (image * tf.gather(t["rows"], unit) + channel, image * tf.gather(t["map"], unit) + channel,
-                       image * tf.gather(t["heat"], unit) + channel, tf.maximum(tf.gather_nd(unit_max, where), shared(0.0)))]
-        rows, cols, levels = [], [], []
-        for i, (seg, (a, row_max, _)) in enumerate(zip(self.segments, found)):
-            at_rows, at_map, at_heat, score = (parts[i] for parts in by_segment)  # [m_i, 1] each
+        Per segment, from its own maxima, so that each segment's large maps are freed as soon as
+        the forward pass no longer needs them (a selection over all units at once would keep every
+        map of the batch alive until the last layer); only small values are gathered (a row of each
+        candidate's row maxima, one row of its map, its block means), so the cost does not depend
+        on how many maps are candidates: in the first batches nearly all are. Constants are shared
+        and slices avoided: in a graph of a hundred segments the number of ops costs more (tracing,
+        optimising, dispatching) than their arithmetic."""
+        shared = _shared_constants()
+        keys, positions, levels, tops = [], [], [], []
+        for seg, (a, row_max, top), seg_kth in zip(self.segments, found, tf.split(kth[:, None], [s.stop - s.start for s in self.segments])):
             b, h, w, c = a.shape
             hs, ws = seg.shape
+            top = tf.where(tf.math.is_nan(top) | invalid, shared(-np.inf, top.dtype), top)
+            tops.append(top)
+            unit_top = tf.transpose(top)  # [c, batch]
+            where = tf.where(unit_top > seg_kth)  # [m, 2]: (channel, image), row-major
+            channel, image = tf.split(where, 2, axis=shared(1))  # [m, 1] each
 
-            def gather(values, base, size):  # [m_i, size]: `size` values c apart from each base, in the flat tensor
+            def gather(values, base, size):  # [m, size]: `size` values c apart from each base, in the flat tensor
                 return tf.gather(tf.reshape(values, shared([-1])), base + tf.constant(np.arange(size, dtype=np.int64)[None, :] * c), axis=shared(0))
 
-            row = tf.argmax(gather(row_max, at_rows, h), axis=shared(1))
-            rows.append(row)
-            cols.append(tf.argmax(gather(a, at_map + column(row) * (w * c), w), axis=shared(1)))
-            small = gather(block_mean(a, seg.scale), at_heat, hs * ws)
-            level = tf.minimum(tf.maximum(tf.math.divide_no_nan(small, score), shared(0.0)), shared(1.0)) * shared(255.0)
-            levels.append(tf.cast(tf.round(level), tf.uint8))
-        position = tf.cast(tf.concat(rows, axis=0) * tf.gather(t["width"], unit) + tf.concat(cols, axis=0), tf.int32)
-        counts = tf.math.bincount(segment, minlength=n, maxlength=n, dtype=tf.int64)
-        return unit * self.batch_size + image, position, levels, tf.cumsum(counts, exclusive=True)
+            row = tf.argmax(gather(row_max, image * (h * c) + channel, h), axis=shared(1))
+            col = tf.argmax(gather(a, image * (h * w * c) + tf.reshape(row, shared([-1, 1])) * (w * c) + channel, w), axis=shared(1))
+            positions.append(row * w + col)
+            keys.append(tf.reshape((channel + seg.start) * self.batch_size + image, shared([-1])))
+            small = gather(block_mean(a, seg.scale), image * (hs * ws * c) + channel, hs * ws)
+            score = tf.maximum(tf.reshape(tf.gather_nd(unit_top, where), shared([-1, 1])), shared(0, top.dtype))
+            level = tf.minimum(tf.maximum(tf.math.divide_no_nan(small, score), shared(0, small.dtype)), shared(1, small.dtype))
+            levels.append(tf.cast(tf.round(level * shared(255, small.dtype)), tf.uint8))
+        first = tf.cumsum(tf.stack([tf.size(k, out_type=tf.int64) for k in keys]), exclusive=True)
+        candidates = tf.concat(keys, axis=0), tf.cast(tf.concat(positions, axis=0), tf.int32), levels, first
+        return candidates, tf.concat(tops, axis=1)
 
     def _entered(self, candidates, picked):
         """The maps that entered a top K in this batch, in row-major order of (unit row, slot): their
@@ -277,7 +257,7 @@ class MiningStep:
         where = tf.where(picked >= self.k)  # [n, 2]: (unit row, slot) of the entries that came from this batch
         image = tf.cast(tf.gather_nd(picked, where) - self.k, tf.int64)
         at = tf.searchsorted(keys, where[:, 0] * self.batch_size + image, out_type=tf.int64)
-        segment = tf.gather(tf.constant(self.unit_columns["segment"]), where[:, 0])
+        segment = tf.gather(tf.constant(self.unit_segment), where[:, 0])
         local = tf.dynamic_partition(at - tf.gather(first, segment), segment, len(self.segments))
         return where, tf.gather(position, at), tuple(tf.gather(level, i) for level, i in zip(levels, local))
 
@@ -287,11 +267,8 @@ class MiningStep:
         vals, top_ids, pos = state
         outs = self.tap(_input(pixels, self.preprocessing), training=False)
         preds, maps = outs[0], outs[1:]
-        found = self.reduce(maps)
-        batch_max = tf.concat([top for _, _, top in found], axis=1)  # [batch, units], segment order
-        batch_max = tf.where(tf.math.is_nan(batch_max) | (ids < 0)[:, None], tf.constant(-np.inf, batch_max.dtype), batch_max)
+        candidates, batch_max = self._candidates(self.reduce(maps), vals[: self.units, self.k - 1], (ids < 0)[:, None])  # batch_max: [batch, units], segment order
         unit_max = tf.transpose(batch_max)  # [units, batch]
-        candidates = self._candidates(found, unit_max, vals[: self.units, self.k - 1])
         values = [unit_max]
         places = [tf.zeros(tf.shape(unit_max), tf.int32)]  # units' positions: set below, for the entries that enter
         for li, row, col, ch in self.probe_slots:
