@@ -34,7 +34,7 @@ class BuildOptions:
     out: Path
     images: list[Path] = field(default_factory=list)
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int | None = None  # images per batch; None: pass_batch_size() chooses (at most 32)
     max_channels: int | None = None
     force: bool = False
     top_k: int = 16
@@ -256,13 +256,13 @@ def gather(opts: BuildOptions) -> ReportData:
         )
         for i, (shown, label, _) in enumerate(picked)
     ]
-    explained = None if opts.summary_only else explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode)
+    explained = None if opts.summary_only else explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode, prepared.batch_size)
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
 
     options = {
         "top_k": opts.top_k,
-        "batch_size": opts.batch_size,
+        "batch_size": prepared.batch_size,
         "preprocess": opts.preprocess,
         "rescale": opts.rescale,
         "interpolation": opts.interpolation,
@@ -308,6 +308,22 @@ class PreparedModel:
     preprocessing: object  # model.preprocess.Preprocessing
     warnings: list[str]
     probes: list
+    batch_size: int  # images per batch: --batch-size, or pass_batch_size()
+
+
+MAX_BATCH = 32
+MAP_BYTES_PER_BATCH = 1_200_000_000  # the feature maps of a batch the step reads (float32), when --batch-size is not given
+
+
+def pass_batch_size(requested: int | None, traced) -> int:
+    """--batch-size, or 32 images unless their feature maps together pass MAP_BYTES_PER_BATCH: each map
+    of a batch is held until the step's reductions have read it, so a big network (ResNet50 at 224 px:
+    148 MB of maps per image) takes that much more memory than a plain predict. The results do not
+    depend on it beyond float rounding (ties go to the earlier image in any batching)."""
+    if requested:
+        return requested
+    per_image = sum(n.spatial[0] * n.spatial[1] * n.channels * 4 for n in traced.map_layers)
+    return max(1, min(MAX_BATCH, MAP_BYTES_PER_BATCH // max(per_image, 1)))
 
 
 def prepare_model(opts: BuildOptions, announce: bool = True) -> PreparedModel:
@@ -336,13 +352,13 @@ def prepare_model(opts: BuildOptions, announce: bool = True) -> PreparedModel:
             log.warning("warning: %s", warning)
         if traced.loss.note and traced.info.num_outputs:
             log.warning("loss not computed: %s", traced.loss.note)
-    return PreparedModel(loaded, traced, preprocessing, warnings, _probes(opts.units, traced))
+    return PreparedModel(loaded, traced, preprocessing, warnings, _probes(opts.units, traced), pass_batch_size(opts.batch_size, traced))
 
 
 def pass_fingerprint(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset) -> dict:
     from reportgen.engines.shards import fingerprint
 
-    return fingerprint(prepared.traced, dataset, prepared.preprocessing, prepared.probes, opts.top_k, opts.batch_size)
+    return fingerprint(prepared.traced, dataset, prepared.preprocessing, prepared.probes, opts.top_k, prepared.batch_size)
 
 
 def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset):
@@ -362,7 +378,7 @@ def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset):
     else:
         from reportgen.engines.local import scan_dataset
 
-        return scan_dataset(traced, dataset, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=prepared.preprocessing,
+        return scan_dataset(traced, dataset, top_k=opts.top_k, batch_size=prepared.batch_size, preprocessing=prepared.preprocessing,
                             probes=prepared.probes, quiet=opts.quiet)
     if partial.num_images == 0:
         first = partial.skipped[0][1] if partial.skipped else None
@@ -383,7 +399,7 @@ def build_shard(opts: BuildOptions) -> Path:
     log.info("shard %d of %d: images %s of %d", index, count,
              f"{records[0].index}..{records[-1].index}" if records else "none", len(dataset.records))
     fp = pass_fingerprint(opts, prepared, dataset)
-    partial = mine(prepared.traced, dataset, records, top_k=opts.top_k, batch_size=opts.batch_size, preprocessing=prepared.preprocessing,
+    partial = mine(prepared.traced, dataset, records, top_k=opts.top_k, batch_size=prepared.batch_size, preprocessing=prepared.preprocessing,
                    probes=prepared.probes, quiet=opts.quiet, fingerprint=fp)
     for _, skipped in partial.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
@@ -431,7 +447,7 @@ def _in_memory(model):
     return LoadedModel(model, Path(model.name), "keras.Model object in memory", keras.__version__, [], loss_of_compiled(model))
 
 
-def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str):
+def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str, batch_size: int):
     """Mistakes, class activation maps and (with --relevance) the relevance pass; None without labels."""
     if scan.predictions is None:
         return None
@@ -448,7 +464,7 @@ def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, p
     targets = {i: (int(predictions.predicted[i]), int(predictions.labels[i])) for i in shown}
     log.info("class activation maps of the %d images the pages of mistakes show (at %s)", len(shown), layer.name)
     step = CamStep(traced, layer, preprocessing, binary)
-    cams, decoded, _ = class_activation_maps(traced, dataset, shown, targets, step, opts.batch_size)
+    cams, decoded, _ = class_activation_maps(traced, dataset, shown, targets, step, batch_size)
     thumbnails = {i: make_thumbnail(px) for i, px in decoded.items() if i not in scan.thumbnails}
     # the chosen images: their predicted class, and their class folder's when they have one
     chosen_pred = predicted_classes(scores, mode, traced.info.head.logits)
@@ -456,7 +472,7 @@ def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, p
     chosen_cams = step(pixels, np.array(chosen_targets))
     relevance = None
     if opts.relevance:
-        relevance = relevance_pass(traced, dataset, predictions, top_k=opts.top_k, batch_size=opts.batch_size,
+        relevance = relevance_pass(traced, dataset, predictions, top_k=opts.top_k, batch_size=batch_size,
                                    preprocessing=preprocessing, binary=binary, quiet=opts.quiet)
     return Explained(cam_layer=layer.name, galleries=galleries, predictions=predictions, cams={i: _quantise(c) for i, c in cams.items()},
                      targets=targets, thumbnails=thumbnails, chosen_cams=[_quantise(c) for c in chosen_cams],

@@ -301,3 +301,24 @@ def test_heatmaps_and_thumbnails_from_the_one_pass_match_the_maps(tmp_path, side
                 small = block_means(maps[li][0, :, :, unit.channel].astype(np.float64), scale)
                 expected = np.round(np.clip(small / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(small)
                 np.testing.assert_allclose(units.heat[unit.channel, rank], expected, atol=2)
+
+
+def test_default_batch_size_bounds_the_feature_maps_of_a_batch():
+    """Without --batch-size: 32 images, fewer when their maps pass MAP_BYTES_PER_BATCH (each map of a
+    batch is held until the step has read it); an explicit --batch-size is kept."""
+    from types import SimpleNamespace
+
+    from reportgen.build import MAP_BYTES_PER_BATCH, pass_batch_size
+
+    def traced(*layers):
+        return SimpleNamespace(map_layers=[SimpleNamespace(spatial=(h, w), channels=c) for h, w, c in layers])
+
+    small = traced((148, 148, 32), (74, 74, 32))  # 4.2 MB of float32 maps per image
+    assert pass_batch_size(None, small) == 32
+    mid = traced(*[(224, 224, 64)] * 5)  # 64.2 MB per image
+    assert pass_batch_size(None, mid) == 18  # 18 x 64.2 MB <= 1.2 GB < 19 x
+    huge = traced((1024, 1024, 512))  # 2.1 GB per image: one at a time
+    assert pass_batch_size(None, huge) == 1
+    assert pass_batch_size(64, huge) == 64
+    resnet_like = traced(*[(56, 56, 256)] * 36)  # 115.6 MB per image
+    assert pass_batch_size(None, resnet_like) == 10  # 10 x 115.6 MB <= 1.2 GB < 11 x

@@ -64,14 +64,14 @@ class MiningWorker:
         from reportgen.engines.shards import fingerprint
 
         self.dataset = Dataset(root=Path(job["root"]), classes=list(job["classes"]), records=[])
-        mine_fp = fingerprint(traced, self.dataset, self.prepared.preprocessing, self.prepared.probes, opts.top_k, opts.batch_size)
+        mine_fp = fingerprint(traced, self.dataset, self.prepared.preprocessing, self.prepared.probes, opts.top_k, self.prepared.batch_size)
         expected = job["fingerprint"]
         # the same model file and options as the driver's (a node with another copy is refused)
         check_same({k: expected[k] for k in ("model", "options")}, {k: mine_fp[k] for k in ("model", "options")}, "a Ray worker has ")
         self.fingerprint = expected
         self.opts = opts
         mode, _ = classification_mode(traced.info.num_outputs, len(self.dataset.classes))
-        self.miner = MiningStep(traced, opts.top_k, self.prepared.probes, self.prepared.preprocessing, opts.batch_size,
+        self.miner = MiningStep(traced, opts.top_k, self.prepared.probes, self.prepared.preprocessing, self.prepared.batch_size,
                                 PerImageLoss(traced.loss, mode, traced.info.num_outputs), side=expected["options"]["heat_side"])
 
     def __call__(self, chunk: dict) -> dict:
@@ -84,7 +84,7 @@ class MiningWorker:
         root = self.dataset.root
         records = [ImageRecord(int(i), root / str(rel), str(rel), None if int(label) < 0 else int(label))
                    for i, rel, label in zip(chunk["index"], chunk["rel"], chunk["label"])]
-        partial = mine(self.prepared.traced, self.dataset, records, top_k=self.opts.top_k, batch_size=self.opts.batch_size,
+        partial = mine(self.prepared.traced, self.dataset, records, top_k=self.opts.top_k, batch_size=self.prepared.batch_size,
                        preprocessing=self.prepared.preprocessing, probes=self.prepared.probes, quiet=True, miner=self.miner,
                        fingerprint=self.fingerprint, decode_threads=self.threads)
         return {"partial": np.array([to_bytes(partial)], dtype=object), "images": np.array([len(records)])}
@@ -182,7 +182,7 @@ def _run(opts, prepared, dataset, fp, pa, ray) -> PartialScan:
         available = int(resources.get("CPU", 1) // opts.cpus_per_worker)
     workers = opts.workers or max(1, available)
     records = dataset.records
-    size = chunk_size(len(records), workers, opts.batch_size, opts.ray_chunk)
+    size = chunk_size(len(records), workers, prepared.batch_size, opts.ray_chunk)
     chunks = [records[start : start + size] for start in range(0, len(records), size)]
     tables = [pa.table({"index": [r.index for r in c], "rel": [r.rel for r in c], "label": [-1 if r.label is None else r.label for r in c]})
               for c in chunks]
