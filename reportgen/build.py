@@ -222,21 +222,27 @@ def gather(opts: BuildOptions) -> ReportData:
 
     prepared = prepare_model(opts)
     traced, preprocessing, warnings, probes = prepared.traced, prepared.preprocessing, prepared.warnings, prepared.probes
-    from reportgen.engines.local import run_images
+    from reportgen.engines.local import run_images, run_images_with_cams
     from reportgen.model.preprocess import resizer
 
     check_free_space(Path(opts.out), estimated_size_before_pass(traced, dataset, opts.top_k))  # before the long pass
+    cams = cam_request(opts, traced, dataset)
     picked = choose_images(opts, dataset, traced.spec, resizer(traced.spec))
     pixels = np.stack([p for _, _, p in picked])
+    chosen_cams = None
     try:  # the chosen images go first, in graph mode as in the pass: a model TensorFlow cannot run fails here
-        scores, maps = run_images(traced, pixels, preprocessing)
+        if cams is None:
+            scores, maps = run_images(traced, pixels, preprocessing)
+        else:
+            labels = np.array([dataset.class_indices.get(label, -1) if label else -1 for _, label, _ in picked])
+            scores, maps, *chosen_cams = run_images_with_cams(traced, pixels, labels, cams, preprocessing)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise UserError(f"{_model_name(opts)}: the model fails when run on an image: {message}") from None
 
-    scan = run_pass(opts, prepared, dataset)
+    scan = run_pass(opts, prepared, dataset, cams)
     for skipped in scan.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if scan.metrics.note:
@@ -256,7 +262,8 @@ def gather(opts: BuildOptions) -> ReportData:
         )
         for i, (shown, label, _) in enumerate(picked)
     ]
-    explained = None if opts.summary_only else explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode, prepared.batch_size)
+    explained = None if opts.summary_only else explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode, prepared.batch_size,
+                                                       chosen_cams)
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
 
@@ -358,12 +365,27 @@ def prepare_model(opts: BuildOptions, announce: bool = True) -> PreparedModel:
 def pass_fingerprint(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset) -> dict:
     from reportgen.engines.shards import fingerprint
 
-    return fingerprint(prepared.traced, dataset, prepared.preprocessing, prepared.probes, opts.top_k, prepared.batch_size)
+    return fingerprint(prepared.traced, dataset, prepared.preprocessing, prepared.probes, opts.top_k, prepared.batch_size,
+                       cam_request(opts, prepared.traced, dataset))
 
 
-def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset):
+def cam_request(opts: BuildOptions, traced, dataset: Dataset):
+    """The Grad-CAMs the pass finds for the pages of mistakes: none without them (no labels to score
+    the model's output against, or --summary-only). Names the layer first: a wrong --cam-layer fails
+    before the pass."""
+    from reportgen.engines.cams import CamRequest, cam_layer
+
+    mode, _ = classification_mode(traced.info.num_outputs, len(dataset.classes))
+    if mode == "none" or opts.summary_only:
+        return None
+    return CamRequest(cam_layer(traced, opts.cam_layer).name, binary=mode == "binary", logits=bool(traced.info.head.logits),
+                      classes=len(dataset.classes), cap=opts.max_gallery)
+
+
+def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams=None):
     """The pass over the dataset, on the chosen engine: in this process, on Ray, or merged from
-    the partial states of shards run elsewhere (`reportgen merge`). One result whichever runs it."""
+    the partial states of shards run elsewhere (`reportgen merge`). One result whichever runs it.
+    cams: a cams.CamRequest, for the local engine (Ray workers and shards make their own from the options)."""
     from reportgen.engines.partial import finish
 
     traced = prepared.traced
@@ -379,7 +401,7 @@ def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset):
         from reportgen.engines.local import scan_dataset
 
         return scan_dataset(traced, dataset, top_k=opts.top_k, batch_size=prepared.batch_size, preprocessing=prepared.preprocessing,
-                            probes=prepared.probes, quiet=opts.quiet)
+                            probes=prepared.probes, quiet=opts.quiet, cams=cams)
     if partial.num_images == 0:
         first = partial.skipped[0][1] if partial.skipped else None
         raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read"
@@ -400,7 +422,7 @@ def build_shard(opts: BuildOptions) -> Path:
              f"{records[0].index}..{records[-1].index}" if records else "none", len(dataset.records))
     fp = pass_fingerprint(opts, prepared, dataset)
     partial = mine(prepared.traced, dataset, records, top_k=opts.top_k, batch_size=prepared.batch_size, preprocessing=prepared.preprocessing,
-                   probes=prepared.probes, quiet=opts.quiet, fingerprint=fp)
+                   probes=prepared.probes, quiet=opts.quiet, fingerprint=fp, cams=cam_request(opts, prepared.traced, dataset))
     for _, skipped in partial.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     partial.meta = {"shard": [index, count], "config": shard_config(opts)}
@@ -447,11 +469,18 @@ def _in_memory(model):
     return LoadedModel(model, Path(model.name), "keras.Model object in memory", keras.__version__, [], loss_of_compiled(model))
 
 
-def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str, batch_size: int):
-    """Mistakes, class activation maps and (with --relevance) the relevance pass; None without labels."""
+def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str, batch_size: int,
+            chosen_cams=None):
+    """Mistakes, class activation maps and (with --relevance) the relevance pass; None without labels.
+
+    The shown images' maps come from the pass (scan.cams) and the chosen images' from their forward
+    (chosen_cams: (float [n, 2, h, w], their classes [n, 2])); any missing, or for other classes than
+    the host's, from a second read of those images (explain.CamStep). Shown images no top K holds
+    are read again for their thumbnails."""
     if scan.predictions is None:
         return None
-    from reportgen.engines.explain import CamStep, cam_layer, class_activation_maps, relevance_pass
+    from reportgen.engines.cams import cam_layer, quantise_cams
+    from reportgen.engines.explain import CamStep, class_activation_maps, read_pixels, relevance_pass
     from reportgen.images import make_thumbnail
     from reportgen.mistakes import select_galleries
     from reportgen.report import Explained
@@ -462,25 +491,31 @@ def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, p
     binary = mode == "binary"
     shown = sorted(galleries.shown())
     targets = {i: (int(predictions.predicted[i]), int(predictions.labels[i])) for i in shown}
-    log.info("class activation maps of the %d images the pages of mistakes show (at %s)", len(shown), layer.name)
-    step = CamStep(traced, layer, preprocessing, binary)
-    cams, decoded, _ = class_activation_maps(traced, dataset, shown, targets, step, batch_size)
-    thumbnails = {i: make_thumbnail(px) for i, px in decoded.items() if i not in scan.thumbnails}
+    cams = {i: scan.cams[i] for i in shown if i in scan.cams}
+    missing = [i for i in shown if i not in cams]
+    step = None
+    decoded: dict = {}
+    if missing:
+        log.info("class activation maps of %d of the %d images the pages of mistakes show (at %s)", len(missing), len(shown), layer.name)
+        step = CamStep(traced, layer, preprocessing, binary)
+        found, decoded, _ = class_activation_maps(traced, dataset, missing, targets, step, batch_size)
+        cams.update({i: quantise_cams(c) for i, c in found.items()})
+        cams = dict(sorted(cams.items()))
+    unseen = [i for i in shown if i not in scan.thumbnails and i not in decoded]
+    if unseen:
+        decoded.update(read_pixels(traced, dataset, unseen, batch_size))
+    thumbnails = {i: make_thumbnail(px) for i, px in sorted(decoded.items()) if i not in scan.thumbnails}
     # the chosen images: their predicted class, and their class folder's when they have one
     chosen_pred = predicted_classes(scores, mode, traced.info.head.logits)
     chosen_targets = [(int(p), dataset.class_indices.get(label, int(p)) if label else int(p)) for p, (_, label, _) in zip(chosen_pred, picked)]
-    chosen_cams = step(pixels, np.array(chosen_targets))
+    if chosen_cams is not None and np.array_equal(chosen_cams[1], np.array(chosen_targets, np.int32).reshape(-1, 2)):
+        found_chosen = chosen_cams[0]
+    else:
+        found_chosen = (step or CamStep(traced, layer, preprocessing, binary))(pixels, np.array(chosen_targets))
     relevance = None
     if opts.relevance:
         relevance = relevance_pass(traced, dataset, predictions, top_k=opts.top_k, batch_size=batch_size,
                                    preprocessing=preprocessing, binary=binary, quiet=opts.quiet)
-    return Explained(cam_layer=layer.name, galleries=galleries, predictions=predictions, cams={i: _quantise(c) for i, c in cams.items()},
-                     targets=targets, thumbnails=thumbnails, chosen_cams=[_quantise(c) for c in chosen_cams],
+    return Explained(cam_layer=layer.name, galleries=galleries, predictions=predictions, cams=cams,
+                     targets=targets, thumbnails=thumbnails, chosen_cams=list(quantise_cams(found_chosen)),
                      chosen_targets=chosen_targets, relevance=relevance)
-
-
-def _quantise(cams: np.ndarray) -> np.ndarray:
-    """[2, h, w] float -> uint8, each map scaled to its own maximum (255)."""
-    top = cams.reshape(len(cams), -1).max(axis=1)
-    scaled = np.where(top[:, None, None] > 0, cams / np.where(top > 0, top, 1)[:, None, None], 0.0)
-    return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)

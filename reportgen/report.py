@@ -264,6 +264,7 @@ class ScanResult:
     thumbnails: dict[int, Thumbnail] = field(default_factory=dict)  # every image in some top K
     heat_side: int = 0  # the largest heatmap side
     predictions: Predictions | None = None  # when the dataset has labels the model's output can be scored against
+    cams: dict[int, np.ndarray] = field(default_factory=dict)  # image -> uint8 [2, h, w]: Grad-CAMs the pass kept (engines/cams.py)
 
 
 @dataclass

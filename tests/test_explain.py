@@ -38,7 +38,8 @@ def test_class_activation_maps_equal_tf_keras_vis_gradcam(classes):
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.utils.scores import BinaryScore, CategoricalScore
 
-    from reportgen.engines.explain import CamStep, cam_layer
+    from reportgen.engines.cams import cam_layer
+    from reportgen.engines.explain import CamStep
     from reportgen.model import trace_model
     from reportgen.model.preprocess import make_preprocessing
 

@@ -1,9 +1,7 @@
-"""Why the model decides: class activation maps of the images a page shows, and the relevance pass.
+"""Why the model decides: class activation maps by a second read of a few images, and the relevance pass.
 
-Grad-CAM (Selvaraju et al. 2017) of image x for class c at layer A (the last layer with a map larger
-than 1 x 1, or --cam-layer): with z_c the class's logit (the output before its sigmoid/softmax; for
-one sigmoid output, z for class 1 and -z for class 0), weights w_k = mean over positions of
-dz_c/dA_k, and cam = ReLU(sum_k w_k A_k), at the layer's resolution. Batched, in a graph.
+Grad-CAM (cams.py) normally comes out of the pass itself; CamStep computes it for given images and
+classes: the chosen images or a shown image the pass did not keep a map of.
 
 Relevance (as in concept relevance propagation, Achtibat et al. 2023): a unit's contribution to
 the class the model predicts for x is the sum over positions of (dz_c/dA_u) * A_u. One extra pass
@@ -20,38 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from reportgen.dataset import Dataset, Skipped, iter_batches
+from reportgen.engines.cams import class_scores, grad_cams
 from reportgen.engines.local import _progress
 from reportgen.engines.mining import _input, _merge_top_k, index_kind, pixel_dtype
-from reportgen.errors import UserError, between_steps, check_interruption
+from reportgen.errors import between_steps, check_interruption
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
 from reportgen.model.tf import tf
 from reportgen.report import LayerNode
 
 log = logging.getLogger("reportgen")
-
-
-def cam_layer(traced: TracedModel, name: str | None = None) -> LayerNode:
-    """The layer Grad-CAM reads: --cam-layer, or the last layer with a map larger than 1 x 1."""
-    layers = traced.all_map_layers
-    if name is not None:
-        for node in layers:
-            if node.name == name:
-                return node
-        shown = ", ".join(n.name for n in layers[-12:])
-        raise UserError(f"--cam-layer {name!r}: no layer with feature maps is called that (the last ones are: {shown})")
-    for node in reversed(layers):
-        if node.spatial[0] * node.spatial[1] > 1:
-            return node
-    raise UserError("the model has no layer with a map larger than 1 x 1 for class activation maps; name one with --cam-layer")
-
-
-def class_scores(logits, classes, binary: bool):
-    """z_c per image: logits [b, n], classes [b] -> [b]; one sigmoid output: z for class 1, -z for class 0."""
-    if binary:
-        z = logits[:, 0]
-        return tf.where(classes == 1, z, -z)
-    return tf.gather(logits, classes, batch_dims=1)
 
 
 class CamStep:
@@ -73,13 +49,9 @@ class CamStep:
         with tf.GradientTape(persistent=True) as tape:
             logits, maps = self.view(x, training=False)
             scores = [tf.reduce_sum(class_scores(logits, classes[:, j], self.binary)) for j in range(2)]
-        out = []
-        for j in range(2):
-            grads = tape.gradient(scores[j], maps)  # [b, h, w, k]; images are independent, so the sum keeps them apart
-            weights = tf.reduce_mean(grads, axis=[1, 2])
-            out.append(tf.nn.relu(tf.einsum("bhwk,bk->bhw", maps, weights)))
+        cams = grad_cams(tape, scores, maps)
         del tape
-        return tf.stack(out, axis=1)  # [b, 2, h, w]
+        return cams  # [b, 2, h, w]
 
     def __call__(self, pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """float32 [n, 2, h, w]: the cams for classes[:, 0] and classes[:, 1] (give the same class twice for one)."""
@@ -104,6 +76,18 @@ def class_activation_maps(traced: TracedModel, dataset: Dataset, images: list[in
                 cams[image] = result[b]
                 pixels[image] = batch.pixels[b]
     return cams, pixels, skipped
+
+
+def read_pixels(traced: TracedModel, dataset: Dataset, images: list[int], batch_size: int = 32) -> dict[int, np.ndarray]:
+    """The listed dataset images decoded as the pass decodes them (their thumbnails), no model run;
+    unreadable ones left out."""
+    pixels: dict[int, np.ndarray] = {}
+    records = [dataset.records[i] for i in sorted(images)]
+    with between_steps():
+        for batch in iter_batches(records, traced.spec, batch_size, [], resizer=resizer(traced.spec)):
+            check_interruption()
+            pixels.update(zip(batch.indices.tolist(), batch.pixels))
+    return pixels
 
 
 # -- the relevance pass ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from reportgen.dataset import Dataset, ImageRecord, Skipped, iter_batches
+from reportgen.engines.cams import CamRequest, cam_model, gallery_images, quantise_cams, run_with_cams
 from reportgen.engines.mining import DEFAULT_PREPROCESSING, HeatTable, MiningStep, PerImageLoss, Probe, _input
 from reportgen.engines.partial import PartialScan, finish
 from reportgen.errors import UserError, between_steps, check_interruption
@@ -27,6 +28,7 @@ from reportgen.stats import TOP, StreamingHistograms, classification_mode, score
 log = logging.getLogger("reportgen")
 
 PRUNE_EVERY = 8  # batches: thumbnails of images that left every top K are dropped this often
+CAMS_KEPT = 4096  # Grad-CAMs held before those no gallery can show any more are dropped (then twice what stays)
 
 
 def _progress(total: int, desc: str, quiet: bool):
@@ -46,14 +48,16 @@ def scan_dataset(
     decoded=None,
     miner: MiningStep | None = None,
     thumbnails: dict[int, Thumbnail] | None = None,
+    cams: CamRequest | None = None,
 ) -> ScanResult:
     """The one pass over the dataset: metrics, histograms, every unit's top K, heatmaps and thumbnails.
 
     decoded: already decoded batches (dataset.Batch) to use instead of reading the files (the
     training callback keeps its probe images in memory); miner: a MiningStep to reuse (its graph is
-    traced once); thumbnails: every image's thumbnail, already encoded (the pass then encodes none)."""
+    traced once); thumbnails: every image's thumbnail, already encoded (the pass then encodes none);
+    cams: the Grad-CAMs to find for the pages of mistakes (cams.py)."""
     partial = mine(traced, dataset, top_k=top_k, batch_size=batch_size, preprocessing=preprocessing, probes=probes, heat_side=heat_side,
-                   quiet=quiet, decoded=decoded, miner=miner, thumbnails=thumbnails)
+                   quiet=quiet, decoded=decoded, miner=miner, thumbnails=thumbnails, cams=cams)
     if partial.num_images == 0:
         first = partial.skipped[0][1]
         raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read ({first.path}: {first.reason}, ...)")
@@ -76,10 +80,13 @@ def mine(
     fingerprint: dict | None = None,
     decode_threads: int | None = None,
     thumbnails: dict[int, Thumbnail] | None = None,
+    cams: CamRequest | None = None,
 ) -> PartialScan:
     """A pass over `records` (default: all the dataset's) as a mergeable summary (partial.py): the
     local engine passes over everything, a shard or a Ray task over a part, and the parts merge
-    into exactly the one pass's result. Images are named by their index in the whole dataset."""
+    into exactly the one pass's result. Images are named by their index in the whole dataset.
+    cams: also each image's Grad-CAMs, kept for the images some gallery of mistakes may show
+    (ignored when the model's output is not scored against the dataset's classes)."""
     probes = probes or []
     preprocessing = preprocessing or DEFAULT_PREPROCESSING
     records = dataset.records if records is None else records
@@ -90,15 +97,27 @@ def mine(
     label_of = {r.index: -1 if r.label is None else r.label for r in records}
     if miner is None:
         miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, PerImageLoss(traced.loss, mode, traced.info.num_outputs),
-                           side=heat_side)
+                           side=heat_side, cams=cams if mode != "none" else None)
     state = miner.initial_state()
     heat = HeatTable(miner)
     per_image: list[dict] = []
     encode = thumbnails is None  # else the caller's, kept as they are
     thumbnails = {} if encode else dict(thumbnails)
     skipped: list[Skipped] = []
+    kept_cams: dict[int, np.ndarray] = {}  # image -> uint8 [2, h, w]
+    cams_limit = CAMS_KEPT
 
-    def update_stats(preds, maxima, losses, entered, fresh, indices, batch_labels, pixels) -> None:
+    def keep_shown_cams() -> None:
+        """Drop the Grad-CAMs of the images no gallery shows over the images so far: adding images
+        only pushes an image further down its galleries."""
+        nonlocal cams_limit
+        columns = {name: np.concatenate([p[name] for p in per_image]) for name in ("images", "labels", "predicted", "confidence", "true_score")}
+        wanted = set(gallery_images(columns, len(dataset.classes), miner.cams.cap).tolist())
+        for image in [i for i in kept_cams if i not in wanted]:
+            del kept_cams[image]
+        cams_limit = max(CAMS_KEPT, 2 * len(kept_cams))
+
+    def update_stats(preds, maxima, losses, entered, fresh, found_cams, indices, batch_labels, pixels) -> None:
         histograms.update(maxima.numpy())
         rows, picked, levels = fresh
         heat.update(rows.numpy(), picked.numpy(), [t.numpy() for t in levels])
@@ -111,6 +130,17 @@ def mine(
         per_image.append({"images": indices.astype(np.int64), "labels": batch_labels.astype(np.int64),
                           "losses": losses.numpy().astype(np.float32) if miner.loss is not None and miner.loss.enabled else
                           np.full(len(indices), np.nan, np.float32), **scores})
+        if found_cams:
+            found, classes = (t.numpy()[: len(indices)] for t in found_cams)
+            predicted = scores["predicted"]
+            # kept where the graph's classes are the host's (an argmax tie or a NaN could part them:
+            # such an image, if shown, gets its maps from a second read)
+            agree = (classes == np.stack([predicted, np.where(batch_labels >= 0, batch_labels, predicted)], axis=1)).all(axis=1)
+            levels = quantise_cams(found)
+            for b in np.nonzero(agree)[0]:
+                kept_cams[int(indices[b])] = levels[b]
+            if len(kept_cams) > cams_limit:
+                keep_shown_cams()
 
     seen = batches = 0
     size = batch_size  # halved on an out-of-memory error, for the rest of the pass
@@ -132,7 +162,7 @@ def mine(
                     raise UserError(f"out of memory even with a batch of 1 image ({type(exc).__name__}); the model does not fit in this machine's memory") from None
                 size //= 2
                 log.warning("out of memory with batches of %d images: going on with batches of %d", size * 2, size)
-                miner = MiningStep(traced, top_k, probes, preprocessing, size, miner.loss, side=miner.side)
+                miner = MiningStep(traced, top_k, probes, preprocessing, size, miner.loss, side=miner.side, cams=miner.cams)
                 return [r for c in range(0, n, size) for r in run(pixels[c : min(c + size, n)], ids[c : min(c + size, n)], labels[c : min(c + size, n)])]
             state = out[-1]
             return [(out, n)]
@@ -149,10 +179,10 @@ def mine(
                 part_pixels = batch.pixels[start : start + size]
                 part_labels = np.array([label_of.get(int(i), -1) for i in part_ids], dtype=np.int64)
                 done = 0
-                for (preds, maxima, losses, entered, fresh, _), n in run(part_pixels, part_ids, part_labels):
+                for (preds, maxima, losses, entered, fresh, found_cams, _), n in run(part_pixels, part_ids, part_labels):
                     if pending is not None:
                         pending.result()
-                    pending = stats.submit(update_stats, preds[:n], maxima[:n], losses[:n], entered, fresh,
+                    pending = stats.submit(update_stats, preds[:n], maxima[:n], losses[:n], entered, fresh, found_cams,
                                            part_ids[done : done + n], part_labels[done : done + n], part_pixels[done : done + n])
                     done += n
                     seen += n
@@ -166,6 +196,8 @@ def mine(
 
     vals, ids, pos = (t.numpy() for t in state)
     _keep_only(thumbnails, ids)  # the caller's dict is not changed: this is a copy
+    if kept_cams:
+        keep_shown_cams()
     end = miner.units
     heat_maps, heat_sizes = heat.flat()
     table = [np.concatenate([miner.to_layer_order(a), a[end:]]) for a in (vals, ids, pos)]  # units in layer order, then probes
@@ -183,7 +215,7 @@ def mine(
     return PartialScan(
         fingerprint=fingerprint or {}, values=table[0], ids=table[1].astype(np.int64), pos=table[2], heat=heat_maps, heat_sizes=heat_sizes,
         hist_counts=counts, hist_hi=hi, hist_nonpositive=nonpositive, thumbnails=thumbnails,
-        skipped=[(index_of.get(s.path, -1), s) for s in skipped], side=miner.side, **columns,
+        skipped=[(index_of.get(s.path, -1), s) for s in skipped], side=miner.side, cams=dict(sorted(kept_cams.items())), **columns,
     )
 
 
@@ -210,3 +242,14 @@ def run_images(traced: TracedModel, pixels: np.ndarray, preprocessing: Preproces
     """
     outs = (function or forward(traced, preprocessing))(tf.constant(pixels))
     return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]]
+
+
+def run_images_with_cams(traced: TracedModel, pixels: np.ndarray, labels: np.ndarray, request: CamRequest,
+                         preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
+    """run_images, plus each image's Grad-CAMs for (its predicted class, labels' class or the predicted
+    one where it is -1): (scores, maps, cams float32 [n, 2, h, w], those classes int32 [n, 2])."""
+    preprocessing = preprocessing or DEFAULT_PREPROCESSING
+    model = cam_model(traced, request)
+    function = tf.function(lambda x, y: run_with_cams(model, _input(x, preprocessing), y, request), autograph=False)
+    outs, cams, classes = function(tf.constant(pixels), tf.constant(np.asarray(labels, np.int32)))
+    return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]], cams.numpy(), classes.numpy()

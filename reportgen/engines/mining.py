@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reportgen.engines.cams import CamRequest, cam_model, run_with_cams
 from reportgen.images import heat_scale, heat_shape, heat_side
 from reportgen.model import TracedModel
 from reportgen.model.load import LossSpec
@@ -129,14 +130,16 @@ class _Segment:
 
 class MiningStep:
     """The per-batch graph: forward, per-channel maxima, merge with running top K, and the positions
-    and heatmaps of the maps that entered some top K in this batch (returned; HeatTable keeps the heatmaps).
+    and heatmaps of the maps that entered some top K in this batch (returned; HeatTable keeps the heatmaps);
+    with `cams`, every image's Grad-CAMs too (cams.py).
 
     Units are kept in segment order (`order[row]` is the unit's index in layer order); probes follow.
     """
 
     def __init__(self, traced: TracedModel, k: int, probes: list[Probe], preprocessing: Preprocessing, batch_size: int,
-                 loss: "PerImageLoss | None" = None, side: int | None = None) -> None:
+                 loss: "PerImageLoss | None" = None, side: int | None = None, cams: CamRequest | None = None) -> None:
         self.k = k
+        self.cams = cams
         self.loss = loss
         self.preprocessing = preprocessing
         self.layers = traced.map_layers
@@ -149,7 +152,7 @@ class MiningStep:
         self.segments = self._segments()
         self.unit_segment = np.concatenate([np.full(seg.stop - seg.start, i, np.int32) for i, seg in enumerate(self.segments)] or [np.zeros(0, np.int32)])
         self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
-        self.tap = traced.tap
+        self.tap = cam_model(traced, cams) if cams is not None else traced.tap
         self.batch_size = batch_size
         spec = traced.spec
         table = [tf.TensorSpec([self.units + len(self.probe_slots), k], dtype) for dtype in (tf.float32, tf.int32, tf.int32)]
@@ -265,7 +268,12 @@ class MiningStep:
         """ids: dataset indices, -1 for the padding of a short last batch (it never enters a top K);
         labels: each image's class (-1: none), for the per-image loss."""
         vals, top_ids, pos = state
-        outs = self.tap(_input(pixels, self.preprocessing), training=False)
+        x = _input(pixels, self.preprocessing)
+        found_cams = ()
+        if self.cams is not None:
+            outs, *found_cams = run_with_cams(self.tap, x, labels, self.cams)  # (cams [b, 2, h, w], their classes [b, 2])
+        else:
+            outs = self.tap(x, training=False)
         preds, maps = outs[0], outs[1:]
         candidates, batch_max = self._candidates(self.reduce(maps), vals[: self.units, self.k - 1], (ids < 0)[:, None])  # batch_max: [batch, units], segment order
         unit_max = tf.transpose(batch_max)  # [units, batch]
@@ -284,7 +292,7 @@ class MiningStep:
         heat = (rows, rows_picked, levels)  # for HeatTable.update
         entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
         losses = self.loss(labels, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
-        return preds, batch_max, losses, entered, heat, table
+        return preds, batch_max, losses, entered, heat, tuple(found_cams), table
 
 
 class HeatTable:

@@ -4,7 +4,7 @@ combines exactly with the summaries of other subsets (pure numpy).
 Per unit: the top K (score, global dataset index, position) and the heatmap of each entry (relative
 to its own score); per unit a histogram of scores; per image its prediction and loss (confusion,
 accuracy and loss are computed from them at the end); the thumbnails of the images in some top K;
-the skipped files. Merging keeps, per unit,
+the Grad-CAMs of the images some gallery of mistakes may show; the skipped files. Merging keeps, per unit,
 the K best of the union by (score descending, dataset index ascending): the tie rule of the one
 pass, so any split of the dataset, merged in any order, gives the same result as one pass.
 Histograms merge exactly (their ranges are powers of two: bins of the smaller one pair up).
@@ -30,7 +30,7 @@ from reportgen.images import heat_shape
 from reportgen.report import LayerUnits, Metrics, Predictions, ProbeResult, ScanResult, Thumbnail, TopEntry
 from reportgen.stats import HISTOGRAM_BINS, TOP, ConfusionCounter, classification_mode, top_k_accuracy
 
-FORMAT = "reportgen-partial-2"
+FORMAT = "reportgen-partial-3"
 
 
 # per image, in one array each (sorted by dataset index once merged)
@@ -60,6 +60,7 @@ class PartialScan:
     true_rank: np.ndarray  # int32 [n]
     losses: np.ndarray  # float32 [n]: each image's loss (nan without one)
     thumbnails: dict[int, Thumbnail] = field(default_factory=dict)  # every image in some top K
+    cams: dict[int, np.ndarray] = field(default_factory=dict)  # uint8 [2, h, w] Grad-CAMs of the images a gallery may show
     skipped: list[tuple[int, Skipped]] = field(default_factory=list)  # (dataset index, file) of unreadable files
     side: int = 0  # heatmap side
     meta: dict = field(default_factory=dict)  # how it was made (shard, build options): not merged, not compared
@@ -146,6 +147,7 @@ class Merger:
         self.tables: PartialScan | None = None
         self.per_image: list[dict] = []
         self.thumbnails: dict[int, Thumbnail] = {}
+        self.cams: dict[int, np.ndarray] = {}  # a gallery over all images shows only images some part's gallery shows
         self.skipped: list[tuple[int, Skipped]] = []
         self.count = 0
 
@@ -159,6 +161,7 @@ class Merger:
                                       **{name: np.zeros(0) for name in _PER_IMAGE})
         self.per_image.append({name: getattr(part, name) for name in _PER_IMAGE})
         self.thumbnails.update(part.thumbnails)
+        self.cams.update(part.cams)
         self.skipped.extend(part.skipped)
         self.count += 1
         if self.count % 16 == 0:  # drop the thumbnails no top K holds any more
@@ -175,7 +178,8 @@ class Merger:
         if len(images) > 1 and (np.diff(images) == 0).any():
             raise UserError("the partial states overlap (an image is in two of them): merge the shards of one split, each once")
         return PartialScan(fingerprint=t.fingerprint, side=t.side, **{name: getattr(t, name) for name in _TABLES}, **per_image,
-                           thumbnails=_wanted(self.thumbnails, t.ids), skipped=sorted(set(self.skipped), key=lambda s: s[0]))
+                           thumbnails=_wanted(self.thumbnails, t.ids), cams=dict(sorted(self.cams.items())),
+                           skipped=sorted(set(self.skipped), key=lambda s: s[0]))
 
 
 def merge_partials(parts: list[PartialScan]) -> PartialScan:
@@ -234,7 +238,8 @@ def finish(part: PartialScan, traced, classes: list[str], probes: list) -> ScanR
     else:
         metrics = Metrics(accuracy=None, loss=None, per_class={}, confusion=None, note=note, evaluated=0, mode=mode)
     return ScanResult(units=units, probes=probe_results, metrics=metrics, num_images=part.num_images, skipped=[s for _, s in part.skipped],
-                      thumbnails=dict(sorted(part.thumbnails.items())), heat_side=part.side, predictions=predictions)
+                      thumbnails=dict(sorted(part.thumbnails.items())), heat_side=part.side, predictions=predictions,
+                      cams=dict(sorted(part.cams.items())))
 
 
 def _predictions(part: PartialScan, total: int) -> Predictions:
@@ -292,8 +297,11 @@ def to_bytes(p: PartialScan) -> bytes:
             "skipped": [[i, s.path, s.reason] for i, s in p.skipped],
             "thumbnails": [[i, p.thumbnails[i].ext, p.thumbnails[i].width, p.thumbnails[i].height, len(p.thumbnails[i].data)] for i in thumbs]}
     blob = b"".join(p.thumbnails[i].data for i in thumbs)
+    cam_images = np.array(sorted(p.cams), np.int64)
+    cams = np.stack([p.cams[i] for i in cam_images.tolist()]) if len(cam_images) else np.zeros((0, 2, 0, 0), np.uint8)
     np.savez_compressed(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                        thumbnails=np.frombuffer(blob, dtype=np.uint8), **{name: getattr(p, name) for name in _ARRAYS})
+                        thumbnails=np.frombuffer(blob, dtype=np.uint8), cam_images=cam_images, cams=cams,
+                        **{name: getattr(p, name) for name in _ARRAYS})
     return buf.getvalue()
 
 
@@ -303,6 +311,7 @@ def from_bytes(data: bytes, where: str = "") -> PartialScan:
             meta = json.loads(bytes(z["meta"]).decode())
             arrays = {name: z[name] for name in _ARRAYS}
             blob = bytes(z["thumbnails"])
+            cams = dict(zip(z["cam_images"].tolist(), z["cams"]))
     except Exception as exc:  # not a partial state at all
         raise UserError(f"{where}: not a reportgen partial state ({type(exc).__name__})") from None
     if meta.get("format") != FORMAT:
@@ -311,5 +320,5 @@ def from_bytes(data: bytes, where: str = "") -> PartialScan:
     for i, ext, w, h, n in meta["thumbnails"]:
         thumbs[int(i)] = Thumbnail(blob[at : at + n], ext, w, h)
         at += n
-    return PartialScan(fingerprint=meta["fingerprint"], thumbnails=thumbs, side=meta["side"], meta=meta.get("meta", {}),
+    return PartialScan(fingerprint=meta["fingerprint"], thumbnails=thumbs, cams=cams, side=meta["side"], meta=meta.get("meta", {}),
                        skipped=[(int(i), Skipped(path, reason)) for i, path, reason in meta["skipped"]], **arrays)

@@ -46,7 +46,7 @@ class MiningWorker:
     """One Ray actor: loads the model once, then runs the pass over each chunk it is given."""
 
     def __init__(self, job: dict) -> None:
-        from reportgen.build import BuildOptions, prepare_model
+        from reportgen.build import BuildOptions, cam_request, prepare_model
         from reportgen.dataset import Dataset
         from reportgen.engines.mining import MiningStep, PerImageLoss
         from reportgen.model.tf import tf
@@ -64,7 +64,8 @@ class MiningWorker:
         from reportgen.engines.shards import fingerprint
 
         self.dataset = Dataset(root=Path(job["root"]), classes=list(job["classes"]), records=[])
-        mine_fp = fingerprint(traced, self.dataset, self.prepared.preprocessing, self.prepared.probes, opts.top_k, self.prepared.batch_size)
+        cams = cam_request(opts, traced, self.dataset)
+        mine_fp = fingerprint(traced, self.dataset, self.prepared.preprocessing, self.prepared.probes, opts.top_k, self.prepared.batch_size, cams)
         expected = job["fingerprint"]
         # the same model file and options as the driver's (a node with another copy is refused)
         check_same({k: expected[k] for k in ("model", "options")}, {k: mine_fp[k] for k in ("model", "options")}, "a Ray worker has ")
@@ -72,7 +73,8 @@ class MiningWorker:
         self.opts = opts
         mode, _ = classification_mode(traced.info.num_outputs, len(self.dataset.classes))
         self.miner = MiningStep(traced, opts.top_k, self.prepared.probes, self.prepared.preprocessing, self.prepared.batch_size,
-                                PerImageLoss(traced.loss, mode, traced.info.num_outputs), side=expected["options"]["heat_side"])
+                                PerImageLoss(traced.loss, mode, traced.info.num_outputs), side=expected["options"]["heat_side"],
+                                cams=cams if mode != "none" else None)
 
     def __call__(self, chunk: dict) -> dict:
         import numpy as np

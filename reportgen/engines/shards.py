@@ -45,7 +45,7 @@ def shard_records(records: list, index: int, count: int) -> list:
     return records[index * n // count : (index + 1) * n // count]
 
 
-def fingerprint(traced, dataset, preprocessing, probes, top_k: int, batch_size: int) -> dict:
+def fingerprint(traced, dataset, preprocessing, probes, top_k: int, batch_size: int, cams=None) -> dict:
     """What must be the same for two partial states to merge: the model (its weights and the layers
     the pass reads), the dataset listing (files and labels in order, not their bytes) and the
     options that change the numbers, the batch size among them (TensorFlow's kernels may round a
@@ -66,7 +66,8 @@ def fingerprint(traced, dataset, preprocessing, probes, top_k: int, batch_size: 
         "model": {"weights_and_layers": model.hexdigest()[:32], "layers": len(layers), "units": sum(node.channels for node in traced.map_layers)},
         "dataset": {"images": len(dataset.records), "classes": list(dataset.classes), "listing": listing.hexdigest()[:32]},
         "options": {"top_k": top_k, "batch_size": batch_size, "preprocessing": preprocessing.as_dict(), "input": [traced.spec.height, traced.spec.width, traced.spec.channels],
-                    "probes": [[p.layer, p.row, p.col, p.channel] for p in probes], "heat_side": heat_side(traced.map_layers, top_k)},
+                    "probes": [[p.layer, p.row, p.col, p.channel] for p in probes], "heat_side": heat_side(traced.map_layers, top_k),
+                    "cams": [cams.layer, cams.cap] if cams is not None else None},
     }
 
 
