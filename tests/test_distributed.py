@@ -107,7 +107,7 @@ def test_shards_in_any_order_merge_into_the_local_site(case, tmp_path, monkeypat
 def test_merge_equals_one_pass_for_random_splits(case):
     """mine() over random (non-contiguous) parts, merged in random groupings, equals one pass: every
     array of the summary, heatmaps and thumbnails included."""
-    from reportgen.build import BuildOptions, prepare_model
+    from reportgen.build import BuildOptions, cam_request, prepare_model
     from reportgen.dataset import discover
     from reportgen.engines.local import mine
     from reportgen.engines.partial import from_bytes, merge_partials, to_bytes
@@ -117,9 +117,11 @@ def test_merge_equals_one_pass_for_random_splits(case):
     prepared = prepare_model(opts, announce=False)
     dataset = discover(data)
 
+    cams = cam_request(opts, prepared.traced, dataset)
+
     def run(records):
         return mine(prepared.traced, dataset, records, top_k=5, batch_size=4, preprocessing=prepared.preprocessing,
-                    probes=prepared.probes, quiet=True)
+                    probes=prepared.probes, quiet=True, cams=cams)
 
     whole = run(None)
     rng = np.random.default_rng(7)
@@ -134,6 +136,10 @@ def test_merge_equals_one_pass_for_random_splits(case):
             np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), err_msg=name)
         assert {i: t.data for i, t in merged.thumbnails.items()} == {i: t.data for i, t in whole.thumbnails.items()}
         assert merged.skipped == whole.skipped
+        # the Grad-CAMs some gallery over all images shows: kept by the parts that read them
+        assert whole.cams and set(whole.cams) <= set(merged.cams)
+        for i, cam in whole.cams.items():
+            np.testing.assert_array_equal(merged.cams[i], cam)
     # ties decided by the earlier image: many units hold value 0 (ReLU) for several images
     ties = (whole.values[:, 1:] == whole.values[:, :-1]) & (whole.ids[:, 1:] >= 0)
     assert ties.any()

@@ -62,6 +62,65 @@ def test_class_activation_maps_equal_tf_keras_vis_gradcam(classes):
     assert ours.max() > 0
 
 
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_pass_keeps_the_grad_cams_of_exactly_the_images_the_galleries_show(classes, tmp_path, monkeypatch):
+    """The pass computes every image's Grad-CAMs and drops, as it goes, those no gallery can show
+    any more: what it keeps is the galleries' images, each equal to a second read with CamStep."""
+    from reportgen.dataset import discover
+    from reportgen.engines import local
+    from reportgen.engines.cams import CamRequest, cam_layer, quantise_cams
+    from reportgen.engines.explain import CamStep, class_activation_maps
+    from reportgen.mistakes import select_galleries
+    from reportgen.model import trace_model
+    from reportgen.model.preprocess import make_preprocessing
+
+    probs, _ = two_models(classes, seed=3)
+    badfiles.make_dataset(tmp_path / "data", {name: 36 for name in "abc"[:classes]})  # more than the 2 x 16 per class the class pages show
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(probs)
+    request = CamRequest(cam_layer(traced).name, binary=classes == 2, logits=False, classes=classes, cap=2)
+    prunes = []
+    gallery_images = local.gallery_images
+    monkeypatch.setattr(local, "CAMS_KEPT", 20)  # drop what no gallery shows as the pass goes, not only at its end
+    monkeypatch.setattr(local, "gallery_images", lambda *a: prunes.append(1) or gallery_images(*a))
+    scan = local.scan_dataset(traced, dataset, batch_size=4, cams=request, quiet=True)
+    assert len(prunes) > 2
+    galleries = select_galleries(scan.predictions, classes, 2)
+    shown = sorted(galleries.shown())
+    assert sorted(scan.cams) == shown and len(shown) < len(dataset.records)
+    targets = {i: (int(scan.predictions.predicted[i]), int(scan.predictions.labels[i])) for i in shown}
+    assert any(p != t for p, t in targets.values()) and any(p == t for p, t in targets.values())
+    step = CamStep(traced, cam_layer(traced), make_preprocessing("rescale", 3), binary=classes == 2)
+    expected, _, _ = class_activation_maps(traced, dataset, shown, targets, step, batch_size=4)
+    for i in shown:
+        assert scan.cams[i].shape == (2, 5, 5)  # c2's map
+        difference = np.abs(scan.cams[i].astype(int) - quantise_cams(expected[i]).astype(int))
+        assert difference.max() <= 1, i  # float rounding of two graphs, after scaling to 0..255
+        assert scan.cams[i].max() == 255 or expected[i].max() == 0
+    assert sum(int(scan.cams[i].max() == 255) for i in shown) > len(shown) // 2
+
+
+def test_maps_the_pass_did_not_keep_come_from_a_second_read(tmp_path, monkeypatch):
+    """Without the pass's maps (as for an image whose classes the graph and the host did not agree
+    on), the pages of mistakes and the chosen image get them from CamStep: the same maps."""
+    from reportgen import build
+    from reportgen.build import BuildOptions
+
+    probs, _ = two_models(3, seed=4)
+    probs.save(tmp_path / "m.keras")
+    badfiles.make_dataset(tmp_path / "data", {"a": 6, "b": 5, "c": 5})
+    opts = BuildOptions(model=tmp_path / "m.keras", data=tmp_path / "data", out=tmp_path / "site", quiet=True, batch_size=4, max_gallery=3)
+    found = build.gather(opts).explained
+    monkeypatch.setattr(build, "cam_request", lambda *a: None)
+    read = build.gather(opts).explained
+    assert sorted(found.cams) == sorted(read.cams) and found.targets == read.targets and len(found.cams) >= 8
+    for i in found.cams:
+        assert np.abs(found.cams[i].astype(int) - read.cams[i].astype(int)).max() <= 1
+    assert found.chosen_targets == read.chosen_targets
+    assert np.abs(np.stack(found.chosen_cams).astype(int) - np.stack(read.chosen_cams).astype(int)).max() <= 1
+    assert {i: t.data for i, t in found.thumbnails.items()} == {i: t.data for i, t in read.thumbnails.items()}
+
+
 def test_relevance_top_k_and_class_means_equal_brute_force(tmp_path):
     import keras
 
