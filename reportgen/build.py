@@ -222,20 +222,16 @@ def gather(opts: BuildOptions) -> ReportData:
 
     prepared = prepare_model(opts)
     traced, preprocessing, warnings, probes = prepared.traced, prepared.preprocessing, prepared.warnings, prepared.probes
-    from reportgen.engines.local import run_images, run_images_with_cams
+    from reportgen.engines.local import run_chosen
     from reportgen.model.preprocess import resizer
 
     check_free_space(Path(opts.out), estimated_size_before_pass(traced, dataset, opts.top_k))  # before the long pass
     cams = cam_request(opts, traced, dataset)
     picked = choose_images(opts, dataset, traced.spec, resizer(traced.spec))
     pixels = np.stack([p for _, _, p in picked])
-    chosen_cams = None
-    try:  # the chosen images go first, in graph mode as in the pass: a model TensorFlow cannot run fails here
-        if cams is None:
-            scores, maps = run_images(traced, pixels, preprocessing)
-        else:
-            labels = np.array([dataset.class_indices.get(label, -1) if label else -1 for _, label, _ in picked])
-            scores, maps, *chosen_cams = run_images_with_cams(traced, pixels, labels, cams, preprocessing)
+    labels = np.array([dataset.class_indices.get(label, -1) if label else -1 for _, label, _ in picked])
+    try:  # the chosen images go first: a model that cannot run at all fails here
+        scores, maps, chosen_cams = run_chosen(traced, pixels, labels, cams, preprocessing)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:

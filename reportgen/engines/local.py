@@ -144,11 +144,12 @@ def mine(
 
     seen = batches = 0
     size = batch_size  # halved on an out-of-memory error, for the rest of the pass
+    started = False  # the first step ran: a model TensorFlow cannot run in a graph fails there
 
     def run(pixels, ids, labels):
         """One step; on an out-of-memory error, a step half the size (traced anew) over the same images,
         in the same order, so the result is the one a smaller batch from the start gives."""
-        nonlocal miner, size, state
+        nonlocal miner, size, state, started
         while True:
             n = len(ids)
             if n < size:  # pad a short batch: the step keeps one shape and is traced once
@@ -164,6 +165,12 @@ def mine(
                 log.warning("out of memory with batches of %d images: going on with batches of %d", size * 2, size)
                 miner = MiningStep(traced, top_k, probes, preprocessing, size, miner.loss, side=miner.side, cams=miner.cams)
                 return [r for c in range(0, n, size) for r in run(pixels[c : min(c + size, n)], ids[c : min(c + size, n)], labels[c : min(c + size, n)])]
+            except Exception as exc:
+                if started:
+                    raise
+                message = " ".join(str(exc).split())[:300] or type(exc).__name__
+                raise UserError(f"{traced.info.path or traced.info.name}: the model fails when run on an image: {message}") from None
+            started = True
             state = out[-1]
             return [(out, n)]
 
@@ -236,20 +243,26 @@ def run_images(traced: TracedModel, pixels: np.ndarray, preprocessing: Preproces
                function=None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Full outputs for a few images: (scores [n, outputs], one [n, h, w, c] array per map layer).
 
-    In graph mode, as the pass runs the model: some models run eagerly but not in a graph
-    (TensorFlow refuses layer names it cannot use as scope names), and this is where they fail.
-    function: one made by forward() for these images' shape, reused.
+    In graph mode, as the pass runs the model (some models run eagerly but not in a graph: TensorFlow
+    refuses layer names it cannot use as scope names). function: one made by forward() for these
+    images' shape, reused (the training callback runs it every snapshot).
     """
     outs = (function or forward(traced, preprocessing))(tf.constant(pixels))
     return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]]
 
 
-def run_images_with_cams(traced: TracedModel, pixels: np.ndarray, labels: np.ndarray, request: CamRequest,
-                         preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
-    """run_images, plus each image's Grad-CAMs for (its predicted class, labels' class or the predicted
-    one where it is -1): (scores, maps, cams float32 [n, 2, h, w], those classes int32 [n, 2])."""
+def run_chosen(traced: TracedModel, pixels: np.ndarray, labels: np.ndarray, request: CamRequest | None,
+               preprocessing: Preprocessing | None = None):
+    """The chosen images, run eagerly (a graph for a few images costs more to trace than to run; the
+    pass's first step is where a model that runs only eagerly fails): (scores [n, outputs], one
+    [n, h, w, c] array per map layer, and with a request, each image's Grad-CAMs for (its predicted
+    class, labels' class or the predicted one where it is -1) as (float32 [n, 2, h, w], those
+    classes int32 [n, 2]), else None)."""
     preprocessing = preprocessing or DEFAULT_PREPROCESSING
-    model = cam_model(traced, request)
-    function = tf.function(lambda x, y: run_with_cams(model, _input(x, preprocessing), y, request), autograph=False)
-    outs, cams, classes = function(tf.constant(pixels), tf.constant(np.asarray(labels, np.int32)))
-    return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]], cams.numpy(), classes.numpy()
+    x = _input(tf.constant(pixels), preprocessing)
+    if request is None:
+        outs, cams = traced.tap(x, training=False), None
+    else:
+        outs, *found = run_with_cams(cam_model(traced, request), x, tf.constant(np.asarray(labels, np.int32)), request)
+        cams = tuple(np.asarray(a) for a in found)
+    return np.asarray(outs[0]), [np.asarray(a) for a in outs[1:]], cams
