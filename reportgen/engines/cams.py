@@ -15,6 +15,7 @@ the images stays outside over all of them), so the pages need no second read of 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,12 +61,16 @@ def class_scores(logits, classes, binary: bool):
     return tf.gather(logits, classes, batch_dims=1)
 
 
-def grad_cams(tape, scores, maps):
+def grad_cams(scores, maps, tape=None):
     """[b, 2, h, w]: the Grad-CAMs for scores[0] and scores[1] (each a sum over the batch of one
-    class score per image: images are independent, so the gradient of the sum keeps them apart)."""
+    class score per image: images are independent, so the gradient of the sum keeps them apart).
+
+    In a graph, tf.gradients adds the backward ops between the map and the scores only; a tape
+    (needed when eager) would add them for the whole recorded forward, doubling the ops to trace."""
     out = []
     for score in scores:
-        weights = tf.reduce_mean(tape.gradient(score, maps), axis=[1, 2])  # [b, k]
+        grads = tape.gradient(score, maps) if tape is not None else tf.gradients(score, maps)[0]
+        weights = tf.reduce_mean(grads, axis=[1, 2])  # [b, k]
         out.append(tf.nn.relu(tf.einsum("bhwk,bk->bhw", maps, weights)))
     return tf.stack(out, axis=1)
 
@@ -79,7 +84,9 @@ def run_with_cams(model, x, labels, request: CamRequest):
     """In a graph, for a model made by cam_model: the tap model's outputs, the Grad-CAMs [b, 2, h, w]
     of each image's (predicted class, true class; the predicted one where labels is -1), and those
     classes [b, 2] as found here (stats.predicted_classes' rule; the host checks them)."""
-    with tf.GradientTape(persistent=True) as tape:
+    eager = tf.executing_eagerly()
+    tape = tf.GradientTape(persistent=True) if eager else contextlib.nullcontext()
+    with tape:
         outs = model(x, training=False)
         preds, logits, maps = outs[0], outs[-2], outs[-1]
         if request.binary:
@@ -88,8 +95,7 @@ def run_with_cams(model, x, labels, request: CamRequest):
             predicted = tf.argmax(preds, axis=1, output_type=tf.int32)
         classes = tf.stack([predicted, tf.where(labels >= 0, labels, predicted)], axis=1)
         scores = [tf.reduce_sum(class_scores(logits, classes[:, j], request.binary)) for j in range(2)]
-    cams = grad_cams(tape, scores, maps)
-    del tape
+    cams = grad_cams(scores, maps, tape if eager else None)
     return outs[:-2], cams, classes
 
 

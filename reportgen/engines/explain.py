@@ -46,12 +46,9 @@ class CamStep:
 
     def _cams(self, pixels, classes):
         x = _input(pixels, self.preprocessing)
-        with tf.GradientTape(persistent=True) as tape:
-            logits, maps = self.view(x, training=False)
-            scores = [tf.reduce_sum(class_scores(logits, classes[:, j], self.binary)) for j in range(2)]
-        cams = grad_cams(tape, scores, maps)
-        del tape
-        return cams  # [b, 2, h, w]
+        logits, maps = self.view(x, training=False)
+        scores = [tf.reduce_sum(class_scores(logits, classes[:, j], self.binary)) for j in range(2)]
+        return grad_cams(scores, maps)  # [b, 2, h, w]
 
     def __call__(self, pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """float32 [n, 2, h, w]: the cams for classes[:, 0] and classes[:, 1] (give the same class twice for one)."""
