@@ -29,35 +29,41 @@ class StreamingHistograms:
         self.nonpositive = np.zeros(units, dtype=np.int64)
 
     def update(self, values: np.ndarray) -> None:
-        """values: [batch, units] per-image maxima."""
+        """values: [batch, units] per-image maxima. Whole-array operations only: with 20k units a
+        batch is hundreds of thousands of values (the pass runs this beside every step)."""
         values = np.asarray(values, dtype=np.float64)
         positive = values > 0  # NaN compares False: counted with the non-positive
-        self.nonpositive += (~positive).sum(axis=0)
+        self.nonpositive += values.shape[0] - positive.sum(axis=0)
         peak = np.where(positive, values, 0).max(axis=0, initial=0.0)
-        for unit in np.nonzero(peak >= self.hi)[0]:
-            self._grow(unit, peak[unit])
-        rows, cols = np.nonzero(positive)
-        if rows.size:
-            bins = np.floor(values[rows, cols] / self.hi[cols] * HISTOGRAM_BINS).astype(np.int64)
-            np.clip(bins, 0, HISTOGRAM_BINS - 1, out=bins)
-            # bincount on flat (unit, bin) indices: the same as np.add.at, many times faster
-            self.counts += np.bincount(cols * HISTOGRAM_BINS + bins, minlength=self.counts.size).reshape(self.counts.shape)
+        self._grow(peak)
+        if positive.any():
+            units = values.shape[1]
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                bins = np.floor(values / np.where(self.hi > 0, self.hi, 1.0) * HISTOGRAM_BINS)
+            np.clip(bins, 0, HISTOGRAM_BINS - 1, out=bins, where=positive)
+            # one extra bin per unit takes the non-positive values; bincount on flat (unit, bin)
+            # indices: the same as np.add.at, many times faster
+            flat = np.where(positive, bins, HISTOGRAM_BINS).astype(np.int64) + np.arange(units) * (HISTOGRAM_BINS + 1)
+            counts = np.bincount(flat.ravel(), minlength=units * (HISTOGRAM_BINS + 1)).reshape(units, HISTOGRAM_BINS + 1)
+            self.counts += counts[:, :HISTOGRAM_BINS]
 
-    def _grow(self, unit: int, peak: float) -> None:
-        if peak <= 0:
+    def _grow(self, peak: np.ndarray) -> None:
+        """Raise hi to the power of two strictly above each unit's peak where it reached hi, merging
+        pairs of bins once per doubling (at most all of them into the first)."""
+        grow = np.nonzero((peak >= self.hi) & (peak > 0) & np.isfinite(peak))[0]
+        if not grow.size:
             return
-        new_hi = 2.0 ** (math.floor(math.log2(peak)) + 1)  # strictly above peak
-        if self.hi[unit] == 0:
-            self.hi[unit] = new_hi
-            return
-        doublings = int(round(math.log2(new_hi / self.hi[unit])))
-        if doublings <= 0:
-            return
-        group = 2 ** min(doublings, int(math.log2(HISTOGRAM_BINS)))
-        merged = self.counts[unit].reshape(-1, group).sum(axis=1)
-        self.counts[unit] = 0
-        self.counts[unit, : merged.size] = merged
-        self.hi[unit] = new_hi
+        new_hi = np.exp2(np.floor(np.log2(peak[grow])) + 1)  # strictly above peak
+        old = self.hi[grow]
+        self.hi[grow] = new_hi
+        seen = old > 0  # units with nothing positive before just take the new range
+        doublings = np.rint(np.log2(new_hi[seen] / old[seen])).astype(np.int64)
+        for d in np.unique(doublings[doublings > 0]):
+            group = 2 ** min(int(d), int(math.log2(HISTOGRAM_BINS)))
+            rows = grow[seen][doublings == d]
+            merged = self.counts[rows].reshape(len(rows), -1, group).sum(axis=2)
+            self.counts[rows] = 0
+            self.counts[rows, : merged.shape[1]] = merged
 
     def result(self, unit: int) -> Histogram:
         return Histogram(
