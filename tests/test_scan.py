@@ -209,6 +209,35 @@ def test_streaming_histogram_growth_is_exact():
     assert h.counts == counts.tolist()
 
 
+def test_streaming_histograms_of_many_units_equal_numpy():
+    """Units of very different scales, growing in different batches, NaN and zeros: each unit's
+    counts equal np.histogram over all its values with the final range."""
+    from reportgen.stats import HISTOGRAM_BINS, StreamingHistograms
+
+    rng = np.random.default_rng(11)
+    units = 300
+    batches = [(rng.normal(0.2, 1, (int(rng.integers(1, 40)), units)) * 10.0 ** rng.uniform(-5, 5, units) * (1 + i)).astype(np.float32)
+               for i in range(8)]
+    for b in batches:
+        b[rng.random(b.shape) < 0.05] = np.nan
+        b[rng.random(b.shape) < 0.1] = 0
+    hist = StreamingHistograms(units)
+    for b in batches:
+        hist.update(b)
+    values = np.concatenate(batches).astype(np.float64)
+    for u in range(units):
+        v = values[:, u]
+        positive = v[v > 0]
+        h = hist.result(u)
+        assert h.nonpositive == len(v) - len(positive)
+        if not len(positive):
+            assert h.hi == 0 and sum(h.counts) == 0
+            continue
+        assert h.hi == 2.0 ** (np.floor(np.log2(positive.max())) + 1)
+        counts, _ = np.histogram(positive, bins=np.linspace(0, h.hi, HISTOGRAM_BINS + 1))
+        assert h.counts == counts.tolist(), u
+
+
 def test_flat_folder_has_no_labels(tmp_path):
     from reportgen.dataset import discover
     from reportgen.model import trace_model
