@@ -34,7 +34,9 @@ def read_js_json(text: str) -> dict:
 
 
 def _f32(values: np.ndarray) -> list[str]:
-    return np.char.mod("%.9g", np.asarray(values, dtype=np.float32)).tolist()
+    """Each value as float32 and back, in 9 significant digits (enough to read the float32 back
+    exactly), flat. Python's % on plain floats: np.char.mod formats element by element, slower."""
+    return ["%.9g" % v for v in np.asarray(values, dtype=np.float32).astype(np.float64).reshape(-1).tolist()]
 
 
 def _compact(value) -> str:
@@ -79,7 +81,7 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         "receptive_field": _clean_reads(rf_data(rf)),
         "heat": {"shape": heat["shape"], "atlases": heat["atlases"], "floor": 80},
     }
-    values = _f32(units.values)
+    values = _f32(units.values)  # flat: unit c's j-th at c * k + j
     hist_hi = units.hist_hi.tolist()
     if relevance is not None:
         rel_values = _f32(relevance.values)
@@ -90,7 +92,7 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
     # every entry formatted in one pass over flat lists, then joined per unit (a generator per unit
     # cost more than the formatting: ResNet50 has 1.5 million entries)
     entries = [f"[{i},{v},{r},{c}]" for i, v, r, c in
-               zip(units.images.reshape(-1).tolist(), [v for row in values for v in row], units.rows.reshape(-1).tolist(), units.cols.reshape(-1).tolist())]
+               zip(units.images.reshape(-1).tolist(), values, units.rows.reshape(-1).tolist(), units.cols.reshape(-1).tolist())]
     filled = (units.images >= 0).sum(axis=1).tolist()
     dead, nonpositive, all_counts = units.dead.tolist(), units.hist_nonpositive.tolist(), units.hist_counts.tolist()
     for c in range(units.channels):
@@ -103,13 +105,14 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         extra = ""
         if relevance is not None:
             m = int((relevance.images[c] >= 0).sum())
-            rel_top = ",".join(f"[{int(relevance.images[c, j])},{rel_values[c][j]},{int(relevance.rows[c, j])},{int(relevance.cols[c, j])}]"
+            rel_k = relevance.images.shape[1]
+            rel_top = ",".join(f"[{int(relevance.images[c, j])},{rel_values[c * rel_k + j]},{int(relevance.rows[c, j])},{int(relevance.cols[c, j])}]"
                                for j in range(m))
             means = relevance.by_class[c]
             drives = [[int(k), float(f"{means[k]:.6g}")] for k in np.argsort(-means, kind="stable")[:5] if means[k] > 0]
             extra = f',"relevance":{{"top":[{rel_top}],"drives":{_compact(drives)}}}'
         parts.append(
-            f'{{"channel":{c},"max":{values[c][0] if n else "null"},"dead":{"true" if dead[c] else "false"},'
+            f'{{"channel":{c},"max":{values[c * k] if n else "null"},"dead":{"true" if dead[c] else "false"},'
             f'"top":[{top}],"heat":[{",".join(map(str, tile))}],'  # ints: as json.dumps writes them, without its cost per call
             f'"histogram":{{"nonpositive":{nonpositive[c]},"hi":{json.dumps(hist_hi[c])},"counts":[{",".join(map(str, counts))}]}}{extra}}}'
         )
