@@ -100,6 +100,30 @@ def test_the_pass_keeps_the_grad_cams_of_exactly_the_images_the_galleries_show(c
     assert sum(int(scan.cams[i].max() == 255) for i in shown) > len(shown) // 2
 
 
+def test_an_image_no_gallery_of_a_part_shows_is_in_no_gallery_of_the_whole():
+    """What lets the pass drop Grad-CAMs as it goes (and each shard or Ray task keep only its own
+    galleries' images): over any subset of the images, in any order, the galleries' images include
+    every image of that subset the galleries over all images show. Ties in confidence included."""
+    from reportgen.engines.cams import gallery_images
+    from reportgen.mistakes import select_galleries
+    from reportgen.report import Predictions
+
+    rng = np.random.default_rng(2)
+    n, classes, cap = 400, 3, 4
+    labels = rng.integers(0, classes, n)
+    predicted = np.where(rng.random(n) < 0.6, labels, rng.integers(0, classes, n))
+    confidence = np.round(rng.random(n), 1).astype(np.float32)  # many ties
+    true_score = np.round(rng.random(n), 1).astype(np.float32)
+    whole = select_galleries(Predictions(read=np.ones(n, bool), labels=labels, predicted=predicted, confidence=confidence,
+                                         true_score=true_score, top=None, top_scores=None), classes, cap).shown()
+    columns = {"images": np.arange(n), "labels": labels, "predicted": predicted, "confidence": confidence, "true_score": true_score}
+    assert set(gallery_images(columns, classes, cap).tolist()) == whole
+    for _ in range(20):
+        part = rng.permutation(n)[: int(rng.integers(1, n))]  # a subset, in no particular order
+        found = set(gallery_images({name: a[part] for name, a in columns.items()}, classes, cap).tolist())
+        assert whole & set(part.tolist()) <= found
+
+
 def test_maps_the_pass_did_not_keep_come_from_a_second_read(tmp_path, monkeypatch):
     """Without the pass's maps (as for an image whose classes the graph and the host did not agree
     on), the pages of mistakes and the chosen image get them from CamStep: the same maps."""

@@ -112,8 +112,9 @@ def gallery_images(columns: dict[str, np.ndarray], classes: int, cap: int) -> np
     (per-image arrays as the pass keeps them: images, labels, predicted, confidence, true_score)."""
     from reportgen.mistakes import select_galleries
 
-    n = len(columns["images"])
-    predictions = Predictions(read=np.ones(n, bool), labels=columns["labels"], predicted=columns["predicted"],
-                              confidence=columns["confidence"], true_score=columns["true_score"], top=None, top_scores=None)
+    order = np.argsort(columns["images"], kind="stable")  # ties go to the earlier image: positions in dataset order
+    images, labels, predicted, confidence, true_score = (columns[name][order] for name in ("images", "labels", "predicted", "confidence", "true_score"))
+    predictions = Predictions(read=np.ones(len(images), bool), labels=labels, predicted=predicted, confidence=confidence,
+                              true_score=true_score, top=None, top_scores=None)
     at = np.array(sorted(select_galleries(predictions, classes, cap).shown()), np.int64)
-    return columns["images"][at] if len(at) else np.zeros(0, np.int64)
+    return images[at] if len(at) else np.zeros(0, np.int64)
