@@ -212,7 +212,9 @@ class MiningStep:
 
     def _candidates(self, found, kth, invalid):
         """The maps that may enter a top K in this batch: those above their unit's current K-th
-        value (a tie keeps the earlier image), a superset of those that enter. Returns, in
+        value (a tie keeps the earlier image) and among the batch's K best for that unit (which
+        halves the first batch's, where every map beats an empty list, at K = 16 and batches of
+        32), a superset of those that enter. Returns, in
         row-major order of (unit row, image), each candidate's key unit row * batch + image and
         position (the first maximum in row-major order: the first row holding the map's maximum,
         then the first column of that row); per segment, its candidates' heatmaps uint8 [m, hs * ws]
@@ -234,7 +236,11 @@ class MiningStep:
             top = tf.where(tf.math.is_nan(top) | invalid, shared(-np.inf, top.dtype), top)
             tops.append(top)
             unit_top = tf.transpose(top)  # [c, batch]
-            where = tf.where(unit_top > seg_kth)  # [m, 2]: (channel, image), row-major
+            may_enter = unit_top > seg_kth
+            if self.k < self.batch_size:  # at most K of a batch enter a unit's top K: its K best (ties kept)
+                batch_kth = tf.reduce_min(tf.math.top_k(unit_top, k=self.k).values, axis=shared(1), keepdims=True)
+                may_enter &= unit_top >= batch_kth
+            where = tf.where(may_enter)  # [m, 2]: (channel, image), row-major
             channel, image = tf.split(where, 2, axis=shared(1))  # [m, 1] each
 
             def gather(values, base, size):  # [m, size]: `size` values c apart from each base, in the flat tensor
