@@ -282,10 +282,12 @@ def mode(request) -> str:
 class Watcher:
     """A page with listeners that record console errors/warnings, page errors, failed requests, HTTP >= 400."""
 
-    def __init__(self, page, base: str) -> None:
+    def __init__(self, page, base: str, root: Path | None = None) -> None:
         self.page = page
         self.base = base
+        self.root = root  # the site's folder: files whose fetch the browser aborted must be in it
         self.problems: list[str] = []
+        self.aborted: list[str] = []
         page.on("console", self._console)
         page.on("pageerror", lambda err: self.problems.append(f"page error: {err}"))
         page.on("requestfailed", self._failed)
@@ -296,9 +298,13 @@ class Watcher:
             self.problems.append(f"console {msg.type}: {msg.text} at {msg.location}")
 
     def _failed(self, req) -> None:
-        # Chromium fetches the icon after the page loads and aborts that fetch when the test moves on;
-        # the icon file itself is checked like every other link.
-        if req.url.endswith("/static/favicon.svg") and "ERR_ABORTED" in (req.failure or ""):
+        # Chromium fetches some files after the page's load event (the icon; a CSS background image
+        # such as a class activation map atlas, once styles apply) and aborts those fetches when the
+        # test moves on: ERR_ABORTED is the browser cancelling, not the file failing. Such a file of
+        # the site must still exist; anything else that fails is a problem.
+        rel = self.rel(req.url)
+        if "ERR_ABORTED" in (req.failure or "") and rel is not None:
+            self.aborted.append(rel)
             return
         self.problems.append(f"request failed: {req.url} ({req.failure})")
 
@@ -323,6 +329,10 @@ class Watcher:
 
     def take_problems(self) -> list[str]:
         problems, self.problems = self.problems, []
+        for rel in self.aborted:
+            if self.root is None or not (self.root / rel).is_file():
+                problems.append(f"request aborted, and no such file in the site: {rel}")
+        self.aborted = []
         return problems
 
 
@@ -330,7 +340,7 @@ class Watcher:
 def watcher(browser, site_and_base):
     site, base = site_and_base
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    w = Watcher(context.new_page(), base)
+    w = Watcher(context.new_page(), base, site.root)
     yield w
     context.close()
 
@@ -634,7 +644,7 @@ def _responsive_big_layer(w: Watcher, site: Site, layer: dict) -> None:
 def test_500_unit_layer_page_is_responsive(browser, wide_site, wide_mode, servers):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        w = Watcher(context.new_page(), base_url(wide_site, wide_mode, servers))
+        w = Watcher(context.new_page(), base_url(wide_site, wide_mode, servers), wide_site.root)
         (layer,) = wide_site.report["layers"]
         assert layer["units"] == WIDE_UNITS
         _responsive_big_layer(w, wide_site, layer)
@@ -650,7 +660,7 @@ def test_resnet50_sized_site(browser, big_site, big_mode, servers):
     assert len(layers) == 174 and sum(layer["units"] for layer in layers) == 91075
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        w = Watcher(context.new_page(), base_url(big_site, big_mode, servers))
+        w = Watcher(context.new_page(), base_url(big_site, big_mode, servers), big_site.root)
         page = w.page
         w.goto("index.html")
         links = page.evaluate("() => [...document.querySelectorAll('.layer-row.map .name a')].map((a) => a.href)")
@@ -800,7 +810,7 @@ def test_class_activation_map_toggles(site, mode, watcher):
 def test_class_pages_link_to_units_and_units_to_classes(browser, tiny_site, servers):
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        w = Watcher(context.new_page(), base_url(tiny_site, "http", servers))
+        w = Watcher(context.new_page(), base_url(tiny_site, "http", servers), tiny_site.root)
         page = w.page
         pages = sorted(p.relative_to(tiny_site.root).as_posix() for p in (tiny_site.root / "classes").glob("*.html"))
         followed = 0
@@ -841,7 +851,7 @@ def test_a_thousand_classes_in_the_browser(browser, thousand_site, servers):
     site = thousand_site
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
-        w = Watcher(context.new_page(), base_url(site, "http", servers))
+        w = Watcher(context.new_page(), base_url(site, "http", servers), site.root)
         page = w.page
         w.goto("index.html")
         # point at cells of the confusion picture: the tip names both classes and the count; a click opens the gallery
