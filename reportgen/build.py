@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from reportgen.dataset import BadImage, Dataset, discover, load_pixels, read_class_names
-from reportgen.errors import UserError
+from reportgen.errors import UserError, model_fails
 from reportgen.images import to_uint8
 from reportgen.receptive import receptive_fields
 from reportgen.report import ChosenImage, ReportData
@@ -235,8 +235,7 @@ def gather(opts: BuildOptions) -> ReportData:
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
-        message = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise UserError(f"{_model_name(opts)}: the model fails when run on an image: {message}") from None
+        raise model_fails(_model_name(opts), exc) from None
 
     scan = run_pass(opts, prepared, dataset, cams)
     for skipped in scan.skipped:
@@ -375,7 +374,7 @@ def cam_request(opts: BuildOptions, traced, dataset: Dataset):
     if mode == "none" or opts.summary_only:
         return None
     return CamRequest(cam_layer(traced, opts.cam_layer).name, binary=mode == "binary", logits=bool(traced.info.head.logits),
-                      classes=len(dataset.classes), cap=opts.max_gallery)
+                      cap=opts.max_gallery)
 
 
 def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams=None):

@@ -8,6 +8,12 @@ class UserError(Exception):
     """A problem with the user's model, data, options or output folder, with a message that says what to do."""
 
 
+def model_fails(model: str, exc: Exception) -> UserError:
+    """The model raised when run on an image (the chosen images, or the pass's first step): one line."""
+    message = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return UserError(f"{model}: the model fails when run on an image: {message}")
+
+
 class Interruption:
     """Set by the command line's Ctrl-C / `kill` handlers, which also raise KeyboardInterrupt, except
     between_steps. Python swallows an exception raised while a finalizer (`__del__`) runs ("Exception

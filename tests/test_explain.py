@@ -78,7 +78,7 @@ def test_the_pass_keeps_the_grad_cams_of_exactly_the_images_the_galleries_show(c
     badfiles.make_dataset(tmp_path / "data", {name: 36 for name in "abc"[:classes]})  # more than the 2 x 16 per class the class pages show
     dataset = discover(tmp_path / "data")
     traced = trace_model(probs)
-    request = CamRequest(cam_layer(traced).name, binary=classes == 2, logits=False, classes=classes, cap=2)
+    request = CamRequest(cam_layer(traced).name, binary=classes == 2, logits=False, cap=2)
     prunes = []
     gallery_images = local.gallery_images
     monkeypatch.setattr(local, "CAMS_KEPT", 20)  # drop what no gallery shows as the pass goes, not only at its end

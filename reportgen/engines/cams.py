@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from reportgen.errors import UserError
 from reportgen.model import TracedModel
 from reportgen.model.tf import keras, tf
-from reportgen.errors import UserError
 from reportgen.report import LayerNode, Predictions
 
 
@@ -49,7 +49,6 @@ class CamRequest:
     layer: str
     binary: bool  # one sigmoid output: two classes
     logits: bool  # the model's output is logits (class 1 where it is > 0, not > 0.5)
-    classes: int
     cap: int
 
 

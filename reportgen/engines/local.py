@@ -17,7 +17,7 @@ from reportgen.dataset import Dataset, ImageRecord, Skipped, iter_batches
 from reportgen.engines.cams import CamRequest, cam_model, gallery_images, quantise_cams, run_with_cams
 from reportgen.engines.mining import DEFAULT_PREPROCESSING, HeatTable, MiningStep, PerImageLoss, Probe, _input
 from reportgen.engines.partial import PartialScan, finish
-from reportgen.errors import UserError, between_steps, check_interruption
+from reportgen.errors import UserError, between_steps, check_interruption, model_fails
 from reportgen.images import make_thumbnail
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
@@ -168,8 +168,7 @@ def mine(
             except Exception as exc:
                 if started:
                     raise
-                message = " ".join(str(exc).split())[:300] or type(exc).__name__
-                raise UserError(f"{traced.info.path or traced.info.name}: the model fails when run on an image: {message}") from None
+                raise model_fails(traced.info.path or traced.info.name, exc) from None
             started = True
             state = out[-1]
             return [(out, n)]
