@@ -265,6 +265,7 @@ class ScanResult:
     heat_side: int = 0  # the largest heatmap side
     predictions: Predictions | None = None  # when the dataset has labels the model's output can be scored against
     cams: dict[int, np.ndarray] = field(default_factory=dict)  # image -> uint8 [2, h, w]: Grad-CAMs the pass kept (engines/cams.py)
+    ranked_as: dict[str, str] = field(default_factory=dict)  # layer -> the earlier layer whose units' top K (images, positions, heatmaps) its units show (model/ranking.py)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from reportgen.errors import UserError, between_steps, check_interruption, model
 from reportgen.images import make_thumbnail
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
+from reportgen.model.ranking import ranked_as
 from reportgen.model.tf import tf
 from reportgen.report import ScanResult, Thumbnail
 from reportgen.stats import TOP, StreamingHistograms, classification_mode, score_images
@@ -95,6 +96,8 @@ def mine(
     mode, _ = classification_mode(traced.info.num_outputs, len(dataset.classes))
     logits = bool(traced.info.head and traced.info.head.logits)
     label_of = {r.index: -1 if r.label is None else r.label for r in records}
+    if miner is not None and miner.ranked_as != ranked_as(traced):  # the weights changed (training): which layers rank alike too
+        miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, miner.loss, side=miner.side, cams=miner.cams)
     if miner is None:
         miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, PerImageLoss(traced.loss, mode, traced.info.num_outputs),
                            side=heat_side, cams=cams if mode != "none" else None)
@@ -207,7 +210,7 @@ def mine(
     end = miner.units
     heat_maps, heat_sizes = heat.flat()
     table = [np.concatenate([miner.to_layer_order(a), a[end:]]) for a in (vals, ids, pos)]  # units in layer order, then probes
-    counts, hi, nonpositive = (miner.to_layer_order(a) for a in (histograms.counts, histograms.hi, histograms.nonpositive))
+    counts, hi, nonpositive = (miner.columns_in_layer_order(a) for a in (histograms.counts, histograms.hi, histograms.nonpositive))
     t = min(TOP, len(dataset.classes)) if mode != "none" else 0
     empty = {"predicted": np.zeros(0, np.int64), "confidence": np.zeros(0, np.float32), "true_score": np.zeros(0, np.float32),
              "top": np.zeros((0, t), np.int32), "top_scores": np.zeros((0, t), np.float32), "true_rank": np.zeros(0, np.int32),
@@ -221,7 +224,7 @@ def mine(
     return PartialScan(
         fingerprint=fingerprint or {}, values=table[0], ids=table[1].astype(np.int64), pos=table[2], heat=heat_maps, heat_sizes=heat_sizes,
         hist_counts=counts, hist_hi=hi, hist_nonpositive=nonpositive, thumbnails=thumbnails,
-        skipped=[(index_of.get(s.path, -1), s) for s in skipped], side=miner.side, cams=dict(sorted(kept_cams.items())), **columns,
+        skipped=[(index_of.get(s.path, -1), s) for s in skipped], side=miner.side, ranked_as=dict(miner.ranked_as), cams=dict(sorted(kept_cams.items())), **columns,
     )
 
 

@@ -31,6 +31,7 @@ from reportgen.images import heat_scale, heat_shape, heat_side
 from reportgen.model import TracedModel
 from reportgen.model.load import LossSpec
 from reportgen.model.preprocess import Preprocessing, make_preprocessing
+from reportgen.model.ranking import apply_chain, ranked_as
 from reportgen.model.tf import keras, tf
 
 log = logging.getLogger("reportgen")
@@ -142,17 +143,42 @@ class MiningStep:
         self.cams = cams
         self.loss = loss
         self.preprocessing = preprocessing
-        self.layers = traced.map_layers
+        self.traced = traced
+        # Layers that rank images as an earlier one does (ranking.py) are not reduced: their units
+        # take that layer's top K (PartialScan.ranked_as); only their per-image maxima are computed,
+        # from its maxima, for their histograms.
+        self.ranked_as = ranked_as(traced)
+        self.layers = [node for node in traced.map_layers if node.name not in self.ranked_as]  # the layers reduced
+        self.derived = [node for node in traced.map_layers if node.name in self.ranked_as]
         index = {node.name: i for i, node in enumerate(self.layers)}
-        self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
-        self.side = side or heat_side(self.layers, k)
+        self.probe_slots = [(index[self.ranked_as.get(p.layer, p.layer)], p.row, p.col, p.channel, p.layer if p.layer in self.ranked_as else None)
+                            for p in probes]
+        self.side = side or heat_side(traced.map_layers, k)  # of every unit shown: each gets its heatmaps
         self.heat_shapes = [heat_shape(node.spatial, self.side) for node in self.layers]
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
         self.units = self.offsets[-1]
         self.segments = self._segments()
         self.unit_segment = np.concatenate([np.full(seg.stop - seg.start, i, np.int32) for i, seg in enumerate(self.segments)] or [np.zeros(0, np.int32)])
         self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
-        self.tap = cam_model(traced, cams) if cams is not None else traced.tap
+        self.rows = {}  # reduced layer -> its units' first row in the table (segment order)
+        for seg in self.segments:
+            row = seg.start
+            for li in seg.layers:
+                self.rows[self.layers[li].name] = row
+                row += self.layers[li].channels
+        # the maxima's columns: the table's rows, then the derived layers' units; each one's unit in layer order
+        every = np.cumsum([0] + [node.channels for node in traced.map_layers]).tolist()
+        start = {node.name: every[i] for i, node in enumerate(traced.map_layers)}
+        self.column_units = np.concatenate([np.arange(start[self.layers[li].name], start[self.layers[li].name] + self.layers[li].channels)
+                                            for seg in self.segments for li in seg.layers]
+                                           + [np.arange(start[node.name], start[node.name] + node.channels) for node in self.derived]
+                                           + [np.zeros(0, np.int64)])
+        if cams is not None:
+            self.tap = cam_model(traced, cams, self.layers)
+        elif self.derived:
+            self.tap = keras.Model(traced.input, [traced.tap.outputs[0]] + [traced.tensors[node.name] for node in self.layers], name="reportgen_tap_reduced")
+        else:
+            self.tap = traced.tap
         self.batch_size = batch_size
         spec = traced.spec
         table = [tf.TensorSpec([self.units + len(self.probe_slots), k], dtype) for dtype in (tf.float32, tf.int32, tf.int32)]
@@ -183,10 +209,33 @@ class MiningStep:
         return segments
 
     def to_layer_order(self, rows: np.ndarray) -> np.ndarray:
-        """Per-unit rows (segment order, units only) in layer order."""
+        """Per-unit rows of the table (segment order, units only) in the reduced layers' order."""
         out = np.empty_like(rows[: self.units])
         out[self.order] = rows[: self.units]
         return out
+
+    def columns_in_layer_order(self, rows: np.ndarray) -> np.ndarray:
+        """Per-column rows (the maxima's columns: every unit shown) in layer order."""
+        out = np.empty_like(rows)
+        out[self.column_units] = rows
+        return out
+
+    def _derived_maxima(self, batch_max):
+        """[batch, derived units]: the derived layers' per-image maxima, their layers applied to their
+        first layer's maxima ([batch, 1, 1, channels]: max over positions of f(x) is f(max x)); -inf
+        where the first layer's is (NaN, padding)."""
+        chains: dict[str, dict] = {}
+        out = []
+        for node in self.derived:
+            first = self.ranked_as[node.name]
+            if first not in chains:
+                lo = self.rows[first]
+                x = batch_max[:, lo : lo + node.channels]
+                chains[first] = ({first: tf.reshape(x, [self.batch_size, 1, 1, node.channels])}, tf.equal(x, -np.inf))
+            values, empty = chains[first]
+            y = tf.reshape(apply_chain(self.traced, node.name, values, first), [self.batch_size, node.channels])
+            out.append(tf.where(empty, tf.constant(-np.inf, y.dtype), y))
+        return tf.concat(out, axis=1)
 
     def initial_state(self):
         """Running top K of every unit, then of every probe, as one [units, k] table each
@@ -285,8 +334,13 @@ class MiningStep:
         unit_max = tf.transpose(batch_max)  # [units, batch]
         values = [unit_max]
         places = [tf.zeros(tf.shape(unit_max), tf.int32)]  # units' positions: set below, for the entries that enter
-        for li, row, col, ch in self.probe_slots:
-            v = maps[li][:, row, col, ch][None, :]
+        for li, row, col, ch, derived in self.probe_slots:
+            if derived is None:
+                v = maps[li][:, row, col, ch][None, :]
+            else:  # the probe's layer applied to its first layer's values at that position
+                first = self.layers[li].name
+                at = {first: tf.reshape(maps[li][:, row, col, :], [self.batch_size, 1, 1, -1])}
+                v = apply_chain(self.traced, derived, at, first)[:, 0, 0, ch][None, :]
             values.append(tf.where(tf.math.is_nan(v) | (ids[None, :] < 0), tf.constant(-np.inf, v.dtype), v))
             places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
         new_vals = tf.concat(values, axis=0)  # [units + probes, batch]
@@ -298,6 +352,8 @@ class MiningStep:
         heat = (rows, rows_picked, levels)  # for HeatTable.update
         entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
         losses = self.loss(labels, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
+        if self.derived:
+            batch_max = tf.concat([batch_max, self._derived_maxima(batch_max)], axis=1)  # [batch, every unit]: columns
         return preds, batch_max, losses, entered, heat, tuple(found_cams), table
 
 

@@ -30,7 +30,7 @@ from reportgen.images import heat_shape
 from reportgen.report import LayerUnits, Metrics, Predictions, ProbeResult, ScanResult, Thumbnail, TopEntry
 from reportgen.stats import HISTOGRAM_BINS, TOP, ConfusionCounter, classification_mode, top_k_accuracy
 
-FORMAT = "reportgen-partial-3"
+FORMAT = "reportgen-partial-4"
 
 
 # per image, in one array each (sorted by dataset index once merged)
@@ -42,12 +42,12 @@ _TABLES = ("values", "ids", "pos", "heat", "heat_sizes", "hist_counts", "hist_hi
 @dataclass
 class PartialScan:
     fingerprint: dict  # what must match to merge: model, dataset listing, options
-    values: np.ndarray  # float32 [rows, k]: rows = units (layer order), then probes; -inf empty
+    values: np.ndarray  # float32 [rows, k]: rows = the reduced layers' units (layer order), then probes; -inf empty
     ids: np.ndarray  # int64 [rows, k]: global dataset index, -1 empty
     pos: np.ndarray  # int32 [rows, k]: row * width + col
     heat: np.ndarray  # uint8, flat: unit after unit, [k, heat_sizes[unit]] each: each entry's heatmap, 255 = its own score
     heat_sizes: np.ndarray  # int64 [units]: values in one heatmap of each unit (its layer's hs x ws)
-    hist_counts: np.ndarray  # int64 [units, bins]
+    hist_counts: np.ndarray  # int64 [every unit shown, bins] (layer order)
     hist_hi: np.ndarray  # float64 [units]
     hist_nonpositive: np.ndarray  # int64 [units]
     images: np.ndarray  # int64 [n]: the images this pass read (global indices)
@@ -63,6 +63,7 @@ class PartialScan:
     cams: dict[int, np.ndarray] = field(default_factory=dict)  # uint8 [2, h, w] Grad-CAMs of the images a gallery may show
     skipped: list[tuple[int, Skipped]] = field(default_factory=list)  # (dataset index, file) of unreadable files
     side: int = 0  # heatmap side
+    ranked_as: dict = field(default_factory=dict)  # layer -> the layer whose top K its units take (model/ranking.py); not reduced
     meta: dict = field(default_factory=dict)  # how it was made (shard, build options): not merged, not compared
 
     @property
@@ -71,6 +72,7 @@ class PartialScan:
 
     @property
     def units(self) -> int:
+        """Units with a top K here: those of the reduced layers."""
         return int(len(self.heat_sizes))
 
 
@@ -156,8 +158,9 @@ class Merger:
             self.tables = part
         else:
             check_same(self.tables.fingerprint, part.fingerprint, where)
+            check_same({"ranked_as": self.tables.ranked_as}, {"ranked_as": part.ranked_as}, where)
             merged = _merge_tables(self.tables, part)
-            self.tables = PartialScan(fingerprint=self.tables.fingerprint, side=self.tables.side, **merged,
+            self.tables = PartialScan(fingerprint=self.tables.fingerprint, side=self.tables.side, ranked_as=self.tables.ranked_as, **merged,
                                       **{name: np.zeros(0) for name in _PER_IMAGE})
         self.per_image.append({name: getattr(part, name) for name in _PER_IMAGE})
         self.thumbnails.update(part.thumbnails)
@@ -177,7 +180,7 @@ class Merger:
         images = per_image["images"]
         if len(images) > 1 and (np.diff(images) == 0).any():
             raise UserError("the partial states overlap (an image is in two of them): merge the shards of one split, each once")
-        return PartialScan(fingerprint=t.fingerprint, side=t.side, **{name: getattr(t, name) for name in _TABLES}, **per_image,
+        return PartialScan(fingerprint=t.fingerprint, side=t.side, ranked_as=t.ranked_as, **{name: getattr(t, name) for name in _TABLES}, **per_image,
                            thumbnails=_wanted(self.thumbnails, t.ids), cams=dict(sorted(self.cams.items())),
                            skipped=sorted(set(self.skipped), key=lambda s: s[0]))
 
@@ -198,21 +201,33 @@ def _wanted(thumbnails: dict, ids: np.ndarray) -> dict:
 def finish(part: PartialScan, traced, classes: list[str], probes: list) -> ScanResult:
     """The site's view of a (merged) summary: per-layer units with heatmaps scaled to each unit's top
     score, probe results, metrics (as model.evaluate: mean loss plus regularisation) and predictions."""
+    from reportgen.model.ranking import derived_values  # TensorFlow: the derived layers' scores come from the layers themselves
+
     layers = traced.map_layers
-    offsets = np.cumsum([0] + [node.channels for node in layers]).tolist()
+    reduced = [node for node in layers if node.name not in part.ranked_as]
+    offsets = np.cumsum([0] + [node.channels for node in reduced]).tolist()  # table rows
+    every = np.cumsum([0] + [node.channels for node in layers]).tolist()  # histogram rows
     k = part.values.shape[1]
-    units: dict[str, LayerUnits] = {}
+    tables: dict[str, tuple] = {}  # reduced layer -> (values, ids, pos, heat, heat shape)
     start = 0
-    for li, node in enumerate(layers):
+    for li, node in enumerate(reduced):
         lo, hi = offsets[li], offsets[li + 1]
         hs, ws = heat_shape(node.spatial, part.side)
         end = start + node.channels * k * hs * ws
-        units[node.name] = _layer_units(node, part.values[lo:hi], part.ids[lo:hi], part.pos[lo:hi],
-                                        part.heat[start:end].reshape(node.channels, k, hs * ws), (hs, ws),
-                                        (part.hist_counts[lo:hi], part.hist_hi[lo:hi], part.hist_nonpositive[lo:hi]))
+        tables[node.name] = (part.values[lo:hi], part.ids[lo:hi], part.pos[lo:hi], part.heat[start:end].reshape(node.channels, k, hs * ws), (hs, ws))
         start = end
-    widths = {node.name: node.spatial[1] for node in layers}
+    units: dict[str, LayerUnits] = {}
+    for li, node in enumerate(layers):
+        histogram = (part.hist_counts[every[li] : every[li + 1]], part.hist_hi[every[li] : every[li + 1]], part.hist_nonpositive[every[li] : every[li + 1]])
+        first = part.ranked_as.get(node.name)
+        if first is None:
+            units[node.name] = _layer_units(node, *tables[node.name], histogram)
+        else:  # the first layer's top K, with this layer's scores
+            vals, ids, pos, heat, shape = tables[first]
+            units[node.name] = _layer_units(node, derived_values(traced, part.ranked_as, node.name, vals), ids, pos, heat, shape, histogram,
+                                            heat_values=vals)
     end = offsets[-1]
+    widths = {node.name: node.spatial[1] for node in layers}
     probe_results = [
         ProbeResult(p.layer, p.row, p.col, p.channel, _entries(part.values[end + i], part.ids[end + i], part.pos[end + i], widths[p.layer]))
         for i, p in enumerate(probes)
@@ -239,7 +254,7 @@ def finish(part: PartialScan, traced, classes: list[str], probes: list) -> ScanR
         metrics = Metrics(accuracy=None, loss=None, per_class={}, confusion=None, note=note, evaluated=0, mode=mode)
     return ScanResult(units=units, probes=probe_results, metrics=metrics, num_images=part.num_images, skipped=[s for _, s in part.skipped],
                       thumbnails=dict(sorted(part.thumbnails.items())), heat_side=part.side, predictions=predictions,
-                      cams=dict(sorted(part.cams.items())))
+                      cams=dict(sorted(part.cams.items())), ranked_as=dict(part.ranked_as))
 
 
 def _predictions(part: PartialScan, total: int) -> Predictions:
@@ -259,11 +274,13 @@ def _predictions(part: PartialScan, total: int) -> Predictions:
                        true_rank=full(part.true_rank, -1, np.int32))
 
 
-def _layer_units(node, vals, ids, pos, heat, shape, histogram) -> LayerUnits:
-    """One layer's arrays; heatmaps rescaled from each entry's own score to the unit's top score."""
+def _layer_units(node, vals, ids, pos, heat, shape, histogram, heat_values=None) -> LayerUnits:
+    """One layer's arrays; heatmaps rescaled from each entry's own score to the unit's top score
+    (heat_values: the scores the heatmaps were made with, when not `vals`)."""
     width = node.spatial[1]
-    top = vals[:, :1]
-    ratio = np.where((top > 0) & (vals > 0), vals / np.where(top > 0, top, 1), 0.0)
+    heat_values = vals if heat_values is None else heat_values
+    top = heat_values[:, :1]
+    ratio = np.where((top > 0) & (heat_values > 0), heat_values / np.where(top > 0, top, 1), 0.0)
     levels = np.round(heat.astype(np.float32) * ratio[:, :, None]).astype(np.uint8)
     return LayerUnits(
         layer=node.name,
@@ -293,7 +310,7 @@ def to_bytes(p: PartialScan) -> bytes:
     """A partial state as one compressed .npz file's bytes (thumbnails and metadata inside)."""
     buf = io.BytesIO()
     thumbs = sorted(p.thumbnails)
-    meta = {"format": FORMAT, "fingerprint": p.fingerprint, "side": p.side, "meta": p.meta,
+    meta = {"format": FORMAT, "fingerprint": p.fingerprint, "side": p.side, "meta": p.meta, "ranked_as": p.ranked_as,
             "skipped": [[i, s.path, s.reason] for i, s in p.skipped],
             "thumbnails": [[i, p.thumbnails[i].ext, p.thumbnails[i].width, p.thumbnails[i].height, len(p.thumbnails[i].data)] for i in thumbs]}
     blob = b"".join(p.thumbnails[i].data for i in thumbs)
@@ -320,5 +337,5 @@ def from_bytes(data: bytes, where: str = "") -> PartialScan:
     for i, ext, w, h, n in meta["thumbnails"]:
         thumbs[int(i)] = Thumbnail(blob[at : at + n], ext, w, h)
         at += n
-    return PartialScan(fingerprint=meta["fingerprint"], thumbnails=thumbs, cams=cams, side=meta["side"], meta=meta.get("meta", {}),
+    return PartialScan(fingerprint=meta["fingerprint"], thumbnails=thumbs, cams=cams, side=meta["side"], meta=meta.get("meta", {}), ranked_as=meta["ranked_as"],
                        skipped=[(int(i), Skipped(path, reason)) for i, path, reason in meta["skipped"]], **arrays)

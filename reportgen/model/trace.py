@@ -47,6 +47,7 @@ class TracedModel:
     tensors: dict = None  # qualified layer name -> its output KerasTensor (every layer, shown or not)
     all_map_layers: list = None  # every layer with a 4-D output, also those --layers leaves out
     logits: object = None  # the evaluated output before its sigmoid/softmax (the output itself for logits)
+    layers: dict = None  # qualified layer name -> the Keras layer
 
     def model_of(self, names: list[str], with_logits: bool = True, name: str = "reportgen_view"):
         """A model from the traced input to [logits] + the named layers' outputs (public Keras API)."""
@@ -407,7 +408,7 @@ def trace_model(
     )
     logits = final if head.logits else _logits_of(tracer, tracer.producer.get(id(final), ""), final)
     return TracedModel(model=model, info=info, spec=spec, tap=tap, map_layers=map_layers, loss=loss, input=x,
-                       tensors=dict(tracer.tensors), all_map_layers=all_map_layers, logits=logits)
+                       tensors=dict(tracer.tensors), all_map_layers=all_map_layers, logits=logits, layers=dict(tracer.layers))
 
 
 def _logits_of(tracer: "_Tracer", name: str, output):

@@ -1,0 +1,151 @@
+"""Layers that rank images as their input layer does (Conv -> BatchNormalization -> ReLU): the pass
+reduces the chain's first layer only; the others show its top K with their own scores. Checked
+against each layer's own maps from Keras, image by image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from badfiles import make_dataset
+
+
+def _chain_model():
+    import keras
+
+    keras.utils.set_random_seed(7)
+    L = keras.layers
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        L.Conv2D(6, 3, name="conv"),
+        L.BatchNormalization(name="bn"),
+        L.ReLU(name="relu"),
+        L.Conv2D(4, 3, name="conv2"),
+        L.BatchNormalization(name="bn_neg"),  # one negative scale: ranks on its own
+        L.Activation("relu6", name="relu6"),
+        L.LeakyReLU(0.2, name="leaky"),
+        L.Activation("tanh", name="tanh"),  # an approximated function: not trusted to keep the order
+        L.ReLU(threshold=0.1, name="shifted"),  # not non-decreasing: a jump down at the threshold
+        L.GlobalAveragePooling2D(name="gap"),
+        L.Dense(1, activation="sigmoid", name="out"),
+    ])
+    rng = np.random.default_rng(3)
+    for name, channels in (("bn", 6), ("bn_neg", 4)):
+        gamma = rng.uniform(0.5, 2.0, channels)
+        if name == "bn_neg":
+            gamma[1] = -1.0
+        model.get_layer(name).set_weights([gamma, rng.normal(0, 0.3, channels), rng.normal(0, 0.2, channels), rng.uniform(0.5, 2, channels)])
+    kernel, bias = model.get_layer("conv").get_weights()
+    bias[0] = -50.0  # channel 0 negative everywhere after BatchNormalization: ReLU ties all images at 0
+    model.get_layer("conv").set_weights([kernel, bias])
+    model.compile(loss="binary_crossentropy")
+    return model
+
+
+def _own_maps(traced, dataset, batch_size):
+    """Every layer's own maps as Keras computes them in the model (not the pass's arithmetic), in
+    the pass's batches (the same batch shapes give the same rounding)."""
+    from reportgen.dataset import iter_batches
+    from reportgen.engines.local import run_images
+
+    per_layer = {n.name: [] for n in traced.map_layers}
+    for batch in iter_batches(dataset.records, traced.spec, batch_size, []):
+        _, maps = run_images(traced, batch.pixels)
+        for node, m in zip(traced.map_layers, maps):
+            per_layer[node.name].append(m)
+    return {name: np.concatenate(m) for name, m in per_layer.items()}
+
+
+def test_ranking_chains_are_found_from_the_weights():
+    from reportgen.model import trace_model
+    from reportgen.model.ranking import ranked_as
+
+    traced = trace_model(_chain_model())
+    assert ranked_as(traced) == {"bn": "conv", "relu": "conv", "relu6": "bn_neg", "leaky": "bn_neg"}
+    # relu's input is not shown: relu is reduced itself
+    assert ranked_as(trace_model(_chain_model(), layers=["*", "!bn"])) == {"relu6": "bn_neg", "leaky": "bn_neg"}
+
+
+def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.engines.local import mine, scan_dataset
+    from reportgen.engines.partial import finish, merge_partials
+    from reportgen.model import trace_model
+    from reportgen.stats import StreamingHistograms
+
+    make_dataset(tmp_path / "data", {"a": 11, "b": 10})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(_chain_model())
+    k = 5
+    result = scan_dataset(traced, dataset, top_k=k, batch_size=4, quiet=True)
+    assert result.ranked_as == {"bn": "conv", "relu": "conv", "relu6": "bn_neg", "leaky": "bn_neg"}
+    own = _own_maps(traced, dataset, 4)
+    for node in traced.map_layers:
+        maps = own[node.name]
+        n, h, w, c = maps.shape
+        flat = maps.reshape(n, h * w, c)
+        first = result.ranked_as.get(node.name, node.name)
+        first_flat = own[first].reshape(n, h * w, c)
+        for unit in result.units[node.name]:
+            ch = unit.channel
+            scores = flat[:, :, ch].max(axis=1)
+            first_scores = first_flat[:, :, ch].max(axis=1)
+            # ranked by the first layer's scores (ties: the earlier image)
+            order = sorted(range(n), key=lambda i: (-first_scores[i], i))[:k]
+            assert [e.image for e in unit.top] == order, (node.name, ch)
+            # ... which is a top K of this layer's own scores, with its own scores
+            np.testing.assert_allclose([e.value for e in unit.top], scores[order], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose([e.value for e in unit.top], np.sort(scores)[::-1][:k], rtol=1e-6, atol=1e-6)
+            for e in unit.top:  # the position shown holds the image's maximum in this layer's map
+                np.testing.assert_allclose(maps[e.image, e.row, e.col, ch], scores[e.image], rtol=1e-6, atol=1e-6)
+            if node.name not in result.ranked_as:  # reduced: the first maximum in row-major order, exactly
+                assert [e.row * w + e.col for e in unit.top] == [int(flat[i, :, ch].argmax()) for i in order]
+                np.testing.assert_array_equal([e.value for e in unit.top], scores[order])
+        if node.name in result.ranked_as:
+            np.testing.assert_array_equal(result.units[node.name].heat, result.units[first].heat)
+        histograms = StreamingHistograms(c)
+        histograms.update(flat.max(axis=1))
+        np.testing.assert_array_equal(result.units[node.name].hist_counts, histograms.counts, err_msg=node.name)
+    dead = result.units["relu"][0]
+    assert dead.dead and [e.value for e in dead.top] == [0.0] * k
+    assert [e.image for e in dead.top] != list(range(k))  # the ties at 0 keep the BatchNormalization's order
+    # parts merged in any order give the one pass's result
+    halves = [dataset.records[1::2], dataset.records[::2]]
+    parts = [mine(traced, dataset, part, top_k=k, batch_size=3, quiet=True) for part in halves]
+    merged = finish(merge_partials(parts[::-1]), traced, dataset.classes, [])
+    for name, units in result.units.items():
+        np.testing.assert_array_equal(merged.units[name].images, units.images)
+        np.testing.assert_array_equal(merged.units[name].values, units.values)
+        np.testing.assert_array_equal(merged.units[name].hist_counts, units.hist_counts)
+
+
+def test_a_probe_on_a_derived_layer_and_weights_that_change(tmp_path):
+    """A --unit probe on a derived layer reads its own values; a miner made before the weights
+    changed (the training callback keeps one) is made anew when the chains change."""
+    from reportgen.dataset import discover
+    from reportgen.engines.local import scan_dataset
+    from reportgen.engines.mining import DEFAULT_PREPROCESSING, MiningStep, Probe
+    from reportgen.model import trace_model
+
+    make_dataset(tmp_path / "data", {"a": 6, "b": 5})
+    dataset = discover(tmp_path / "data")
+    model = _chain_model()
+    traced = trace_model(model)
+    probe = Probe("relu6", 3, 2, 2)
+    miner = MiningStep(traced, 4, [probe], DEFAULT_PREPROCESSING, 4)
+    assert "bn" in miner.ranked_as
+    bn = model.get_layer("bn")
+    gamma, *rest = bn.get_weights()
+    gamma[2] = -gamma[2]
+    bn.set_weights([gamma, *rest])
+    result = scan_dataset(traced, dataset, top_k=4, batch_size=4, probes=[probe], miner=miner, quiet=True)
+    assert result.ranked_as == {"relu": "bn", "relu6": "bn_neg", "leaky": "bn_neg"}  # bn has a negative scale now
+    own = _own_maps(traced, dataset, 4)
+    values = own["relu6"][:, 3, 2, 2]
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:4]
+    np.testing.assert_allclose([e.value for e in result.probes[0].top], values[order], rtol=1e-6, atol=1e-6)
+    maps = own["bn"].reshape(len(values), -1, 6)
+    for unit in result.units["bn"]:  # reduced now: its own exact top K, and relu ranks as it does
+        scores = maps[:, :, unit.channel].max(axis=1)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:4]
+        assert [e.image for e in unit.top] == order == [e.image for e in result.units["relu"][unit.channel].top]
