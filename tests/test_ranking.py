@@ -4,6 +4,8 @@ against each layer's own maps from Keras, image by image."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,27 @@ def test_a_probe_on_a_derived_layer_and_weights_that_change(tmp_path):
         scores = maps[:, :, unit.channel].max(axis=1)
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:4]
         assert [e.image for e in unit.top] == order == [e.image for e in result.units["relu"][unit.channel].top]
+
+
+def test_the_site_says_which_layer_a_derived_layer_ranks_as(tmp_path):
+    import json
+
+    import jsonschema
+
+    from conftest import build_site
+    from linkcheck import broken_links
+    from reportgen.site.names import layer_page
+
+    _chain_model().save(tmp_path / "chain.keras")
+    make_dataset(tmp_path / "data", {"a": 5, "b": 4})
+    assert build_site(tmp_path / "chain.keras", tmp_path / "data", tmp_path / "site", "--top-k", "3") == 0
+    out = tmp_path / "site"
+    report = json.loads((out / "report.json").read_text())
+    schema = json.loads((Path(__file__).parents[1] / "reportgen" / "site" / "schema" / "report.schema.json").read_text())
+    jsonschema.validate(report, schema)
+    assert {layer["name"]: layer["ranked_as"] for layer in report["layers"]} == {
+        "conv": None, "bn": "conv", "relu": "conv", "conv2": None, "bn_neg": None, "relu6": "bn_neg", "leaky": "bn_neg", "tanh": None, "shifted": None}
+    page = (out / layer_page("relu")).read_text()
+    assert "Ranked as" in page and f'href="{layer_page("conv").split("/")[-1]}"' in page
+    assert "Ranked as" not in (out / layer_page("conv")).read_text()
+    assert broken_links({p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}) == []

@@ -14,6 +14,11 @@ the first batches, few do), segment by segment before the merge, so each map is 
 few ops per segment, as in a graph of a hundred segments the number of ops costs more (tracing,
 optimising, dispatching) than their arithmetic.
 
+Layers that rank images as an earlier layer does (model/ranking.py: BatchNormalization with
+positive scales, ReLU, ...) are not tapped nor reduced: only their per-image maxima are computed,
+by their own layers from the earlier layer's maxima, for their histograms; their units take that
+layer's top K when the pass ends (partial.finish). Reducing fewer maps is most of what it saves.
+
 Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
 (block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
 top score at the end.

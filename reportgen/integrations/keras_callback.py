@@ -92,8 +92,9 @@ class ReportCallback(keras.callbacks.Callback):
         from reportgen.stats import classification_mode
 
         mode, _ = classification_mode(self.traced.info.num_outputs, len(full.classes))
-        self.miner = MiningStep(self.traced, self.top_k, [], self.preprocessing, self.batch_size,
-                                PerImageLoss(self.traced.loss, mode, self.traced.info.num_outputs))
+        loss = PerImageLoss(self.traced.loss, mode, self.traced.info.num_outputs)
+        self._new_miner = lambda: MiningStep(self.traced, self.top_k, [], self.preprocessing, self.batch_size, loss)
+        self.miner = self._new_miner()
         self.chosen_pixels = self._probe_batches[0].pixels[:1]
         self._ready = True
 
@@ -106,10 +107,13 @@ class ReportCallback(keras.callbacks.Callback):
 
     def snapshot(self, epoch: int, logs: dict) -> None:
         from reportgen.engines.local import run_images, scan_dataset
+        from reportgen.model.ranking import ranked_as
 
         if not self._ready:
             self._setup()
         started = time.perf_counter()
+        if self.miner.ranked_as != ranked_as(self.traced):  # a BatchNormalization's scale changed sign: the chains changed
+            self.miner = self._new_miner()
         scan = scan_dataset(self.traced, self.dataset, top_k=self.top_k, batch_size=self.batch_size, preprocessing=self.preprocessing,
                             quiet=True, decoded=self._probe_batches, miner=self.miner, thumbnails=self.thumbnails)
         seconds = time.perf_counter() - started

@@ -6,6 +6,7 @@ preprocessing, and trace it into a graph whose every layer output can be read. [
     preprocess.py  preprocessing modes and resize methods, in-model preprocessing, known bases
     head.py        the evaluated output: probabilities or logits
     trace.py       re-apply the layers to a fresh input; the multi-output tap model
+    ranking.py     layers whose units rank images as their input layer's do (Conv -> BN -> ReLU)
     tf.py          TensorFlow and Keras, imported without changing the user's process
 
 Importing this package loads nothing; TensorFlow loads with load.py or trace.py (preprocess.py

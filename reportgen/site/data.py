@@ -226,8 +226,9 @@ def _cells(matrix) -> list[list[int]]:
     return [[int(r), int(c), int(m[r, c])] for r, c in zip(rows, cols)]
 
 
-def layer_row(node, units: LayerUnits, rf: ReceptiveField, sparsity: list[float]) -> dict:
-    """A map layer's line in report.json; its units are in `units_file`."""
+def layer_row(node, units: LayerUnits, rf: ReceptiveField, sparsity: list[float], ranked_as: str | None = None) -> dict:
+    """A map layer's line in report.json; its units are in `units_file`. ranked_as: the earlier layer
+    whose units' top K (images, positions, heatmaps) its units show, with their own scores."""
     return {
         "name": node.name,
         "type": node.type,
@@ -239,4 +240,5 @@ def layer_row(node, units: LayerUnits, rf: ReceptiveField, sparsity: list[float]
         "sparsity": sparsity[0] if sparsity else None,
         "sparsity_per_image": sparsity,
         "receptive_field": {k: v for k, v in rf_data(rf).items() if k not in ("rows", "cols")},
+        "ranked_as": ranked_as,
     }

@@ -170,7 +170,7 @@ class Renderer:
                 view, sparsity = self.layer(position, node, atlases, chosen, [next(grids) for _ in data.chosen])
                 units = data.scan.units[node.name]
                 rows[node.name] = IndexRow(node, view.page, units.channels, int(units.dead.sum()), sparsity[0] if sparsity else None, view.rf)
-                report_layers.append(site_data.layer_row(node, units, view.rf, sparsity))
+                report_layers.append(site_data.layer_row(node, units, view.rf, sparsity, data.scan.ranked_as.get(node.name)))
         probes = [self.probe(p) for p in data.scan.probes]
         shown_errors = []
         if explained:
@@ -357,6 +357,8 @@ class Renderer:
             units=lines, dead=[u.channel for u in lines if u.dead], grids=grids,
             prev=layer_page(maps[position - 1].name) if position > 0 else None,
             next=layer_page(maps[position + 1].name) if position + 1 < len(maps) else None,
+            ranked_as=data.scan.ranked_as.get(node.name),
+            ranked_as_page=layer_page(data.scan.ranked_as[node.name]) if node.name in data.scan.ranked_as else None,
         )
         sheets = sorted({u.best.sheet for u in lines if u.best})
         sizes = {t.sheet: (t.columns, t.rows) for t in (u.best for u in lines if u.best)}

@@ -106,6 +106,8 @@ class LayerView:
     grids: list[GridView]
     prev: str | None
     next: str | None
+    ranked_as: str | None = None  # the earlier layer whose units' top K this layer's units show (model/ranking.py)
+    ranked_as_page: str | None = None
 
 
 def unit_lines(units, tiles: dict) -> list[UnitLine]:
