@@ -221,7 +221,7 @@ def gather(opts: BuildOptions) -> ReportData:
              f" in {len(dataset.classes)} classes" if dataset.classes else " (flat folder, no labels)")
 
     prepared = prepare_model(opts)
-    traced, preprocessing, warnings, probes = prepared.traced, prepared.preprocessing, prepared.warnings, prepared.probes
+    traced, preprocessing, warnings = prepared.traced, prepared.preprocessing, prepared.warnings
     from reportgen.engines.local import run_chosen
     from reportgen.model.preprocess import resizer
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,7 +113,7 @@ def test_mlflow_logs_metrics_params_and_artifacts(tmp_path, tiny_data, monkeypat
 def test_training_callback_snapshots_equal_a_fresh_pass(tmp_path, tiny_data):
     import keras
 
-    from reportgen.dataset import discover, iter_batches
+    from reportgen.dataset import discover
     from reportgen.engines.local import scan_dataset
     from reportgen.keras import ReportCallback
     from reportgen.model import trace_model

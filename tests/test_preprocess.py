@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import badfiles
 from conftest import build_site, load_like_keras, site_units
 from reportgen.errors import UserError
 

@@ -5,18 +5,16 @@ root, as CI runs; skipped with a reason elsewhere)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import badfiles
-from conftest import build_site, site_units, tiny_sequential
+from conftest import build_site, tiny_sequential
 from linkcheck import broken_links
 
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
@@ -84,7 +82,7 @@ def test_a_temporary_folder_is_removed_only_when_its_build_is_gone(tmp_path, tin
         running = Path(site.tmp)
         # another process cannot take the lock while this one writes, so it cannot remove `running`
         probe = subprocess.run([sys.executable, "-c", "import sys; from reportgen.writer import OutLock; "
-                                f"OutLock(sys.argv[1]).__enter__()", str(out)], capture_output=True, text=True)
+                                "OutLock(sys.argv[1]).__enter__()", str(out)], capture_output=True, text=True)
         assert probe.returncode != 0 and "another reportgen build is writing it" in probe.stderr
         assert running.exists()
         site.write("index.html", b"<!doctype html>")
@@ -129,7 +127,6 @@ def test_read_only_output_is_one_line_and_keeps_the_site(tmp_path, tiny_model_pa
 
 
 def test_dataset_on_a_read_only_mount_and_files_that_vanish(tmp_path, tiny_model_path, capsys):
-    from reportgen.build import BuildOptions, gather
     from reportgen.dataset import discover
     from reportgen.engines.local import scan_dataset
     from reportgen.model import trace_model

@@ -337,7 +337,7 @@ def test_default_batch_size_bounds_the_feature_maps_of_a_batch():
     batch is held until the step has read it); an explicit --batch-size is kept."""
     from types import SimpleNamespace
 
-    from reportgen.build import MAP_BYTES_PER_BATCH, pass_batch_size
+    from reportgen.build import pass_batch_size
 
     def traced(*layers):
         return SimpleNamespace(map_layers=[SimpleNamespace(spatial=(h, w), channels=c) for h, w, c in layers])

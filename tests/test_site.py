@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
@@ -231,3 +230,17 @@ def test_report_and_layer_files_follow_the_schema(tiny_site):
     for layer in report["layers"]:
         jsonschema.validate(read_js_json((out / layer["units_file"]).read_text()), layer_schema)
     jsonschema.validate(read_js_json((out / report["files"]["images"]).read_text()), schema["$defs"]["imagesFile"])
+
+
+def test_relative_paths_equal_posixpath_relpath():
+    """Links are made without os.path.relpath (it reads the working directory every call): the same results."""
+    import itertools
+    import posixpath
+
+    from reportgen.site.names import relative_path
+
+    files = ["index.html", "layers/conv.html", "layers/a/b.html", "data/x.js", "static/style.css", "classes/0-cat.html",
+             "layers", "layers/conv-1.html", "lay/ers.html", "a/b/c/d.png", "summary.html"]
+    for path, page in itertools.product(files, files):
+        start = posixpath.dirname(page)
+        assert relative_path(path, start) == posixpath.relpath(path, start or "."), (path, page)

@@ -165,11 +165,11 @@ class MiningStep:
         self.segments = self._segments()
         self.unit_segment = np.concatenate([np.full(seg.stop - seg.start, i, np.int32) for i, seg in enumerate(self.segments)] or [np.zeros(0, np.int32)])
         self.order = np.concatenate([np.arange(self.offsets[li], self.offsets[li + 1]) for seg in self.segments for li in seg.layers])
-        self.rows = {}  # reduced layer -> its units' first row in the table (segment order)
+        self.table_row = {}  # reduced layer -> the table row of its first unit (segment order)
         for seg in self.segments:
             row = seg.start
             for li in seg.layers:
-                self.rows[self.layers[li].name] = row
+                self.table_row[self.layers[li].name] = row
                 row += self.layers[li].channels
         # the maxima's columns: the table's rows, then the derived layers' units; each one's unit in layer order
         every = np.cumsum([0] + [node.channels for node in traced.map_layers]).tolist()
@@ -234,7 +234,7 @@ class MiningStep:
         for node in self.derived:
             first = self.ranked_as[node.name]
             if first not in chains:
-                lo = self.rows[first]
+                lo = self.table_row[first]
                 x = batch_max[:, lo : lo + node.channels]
                 chains[first] = ({first: tf.reshape(x, [self.batch_size, 1, 1, node.channels])}, tf.equal(x, -np.inf))
             values, empty = chains[first]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,34 +50,41 @@ def write_thumbnail_sheets(site, thumbnails: dict) -> dict[int, Tile]:
     tiles: dict[int, Tile] = {}
     order = sorted(thumbnails)
     per_sheet = SHEET_COLUMNS * SHEET_COLUMNS
-    for start in range(0, len(order), per_sheet):
-        chunk = order[start : start + per_sheet]
+    chunks = [order[start : start + per_sheet] for start in range(0, len(order), per_sheet)]
+
+    def encoded(chunk: list[int]) -> bytes:
         thumbs = [thumbnails[i] for i in chunk]
-        columns = min(SHEET_COLUMNS, len(chunk))
-        exact = thumbs[0].ext == "png"
-        data = _encoded_sheet(thumbs, columns, exact)
-        path = site.write(content_path("img", data, "png" if exact else "jpg", "sheet"), data)
-        rows = -(-len(chunk) // columns)
-        for k, index in enumerate(chunk):
-            tiles[index] = Tile(path, k % columns, k // columns, columns, rows)
+        return _encoded_sheet(thumbs, min(SHEET_COLUMNS, len(chunk)), thumbs[0].ext == "png")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # Pillow decodes and encodes without holding the GIL
+        sheets = pool.map(encoded, chunks)
+        for chunk, data in zip(chunks, sheets):
+            columns = min(SHEET_COLUMNS, len(chunk))
+            path = site.write(content_path("img", data, "png" if thumbnails[chunk[0]].ext == "png" else "jpg", "sheet"), data)
+            rows = -(-len(chunk) // columns)
+            for k, index in enumerate(chunk):
+                tiles[index] = Tile(path, k % columns, k // columns, columns, rows)
     return tiles
 
 
 _SHEETS: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()  # thumbnails' digest -> encoded sheet
+_SHEETS_LOCK = threading.Lock()
 
 
 def _encoded_sheet(thumbs: list, columns: int, exact: bool) -> bytes:
     """A sheet's encoded bytes, kept for the last few sheets: the training callback writes the same
     probe images' sheets every snapshot (a pure function of the thumbnails, so the bytes are the same)."""
     key = hashlib.sha1(b"".join([bytes([columns, exact])] + [t.data for t in thumbs])).digest()
-    if key in _SHEETS:
-        _SHEETS.move_to_end(key)
-        return _SHEETS[key]
+    with _SHEETS_LOCK:
+        if key in _SHEETS:
+            _SHEETS.move_to_end(key)
+            return _SHEETS[key]
     sheet = thumbnail_sheet(thumbs, columns)
     data = encode_png(sheet) if exact else encode_jpeg(sheet, quality=85)
-    _SHEETS[key] = data
-    while len(_SHEETS) > 16:
-        _SHEETS.popitem(last=False)
+    with _SHEETS_LOCK:
+        _SHEETS[key] = data
+        while len(_SHEETS) > 16:
+            _SHEETS.popitem(last=False)
     return data
 
 

@@ -15,6 +15,7 @@ The schema is reportgen/site/schema/report.schema.json (SCHEMA_VERSION).
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -82,7 +83,7 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         "heat": {"shape": heat["shape"], "atlases": heat["atlases"], "floor": 80},
     }
     values = _f32(units.values)  # flat: unit c's j-th at c * k + j
-    hist_hi = units.hist_hi.tolist()
+    hist_hi = [repr(h) if math.isfinite(h) else json.dumps(h) for h in units.hist_hi.tolist()]  # json.dumps' text, without its cost per call
     if relevance is not None:
         rel_values = _f32(relevance.values)
         head["relevance"] = "per unit: top = images ranked by the unit's contribution to their predicted class; drives = [class, mean contribution]"
@@ -114,7 +115,7 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         parts.append(
             f'{{"channel":{c},"max":{values[c * k] if n else "null"},"dead":{"true" if dead[c] else "false"},'
             f'"top":[{top}],"heat":[{",".join(map(str, tile))}],'  # ints: as json.dumps writes them, without its cost per call
-            f'"histogram":{{"nonpositive":{nonpositive[c]},"hi":{json.dumps(hist_hi[c])},"counts":[{",".join(map(str, counts))}]}}{extra}}}'
+            f'"histogram":{{"nonpositive":{nonpositive[c]},"hi":{hist_hi[c]},"counts":[{",".join(map(str, counts))}]}}{extra}}}'
         )
     body = json.dumps(head, separators=(",", ":"))[:-1] + ',"units":[\n' + ",\n".join(parts) + "]}"
     return _js("layer", body)

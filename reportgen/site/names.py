@@ -44,8 +44,19 @@ def content_path(folder: str, data: bytes, ext: str, stem: str = "") -> str:
 def relative_url(from_page: str, target: str) -> str:
     """Relative, percent-encoded URL from one site file to another (both site-root relative), '#anchor' kept."""
     path, _, anchor = target.partition("#")
-    rel = quote(posixpath.relpath(path, posixpath.dirname(from_page) or "."), safe="/") if path else ""
+    rel = quote(relative_path(path, posixpath.dirname(from_page)), safe="/") if path else ""
     return rel + (f"#{quote(anchor, safe='')}" if anchor else "")
+
+
+def relative_path(path: str, start: str) -> str:
+    """posixpath.relpath for site-relative paths (no '..'), without its os.getcwd() per call: a
+    site's pages make tens of thousands of links."""
+    target = [p for p in path.split("/") if p not in ("", ".")]
+    base = [p for p in start.split("/") if p not in ("", ".")]
+    common = 0
+    while common < min(len(base), len(target)) and base[common] == target[common]:
+        common += 1
+    return "/".join([".."] * (len(base) - common) + target[common:]) or "."
 
 
 def shape_text(shape) -> str:

@@ -69,10 +69,17 @@ def unit_items(lines, sheet_number: dict[str, int]) -> markupsafe.Markup:
 def grid_links(tiles) -> markupsafe.Markup:
     """The clickable tiles over a feature-map grid, one <a> per channel (formatted here for the same
     reason as unit_items; declared by Links.units too)."""
+    rounded: dict[float, float] = {}  # a grid's tiles share their columns, rows and size: round each value once
+
+    def r(value: float) -> float:
+        if value not in rounded:
+            rounded[value] = round(value, 4)
+        return rounded[value]
+
     return markupsafe.Markup("".join(
         f'<a class="tile{" dead" if t.dead else ""}" href="#unit-{t.channel}" aria-label="unit {t.channel}" '
-        f'title="channel {t.channel}{" (constant on this image)" if t.dead else ""}" style="left: {round(t.left, 4)}%; '
-        f'top: {round(t.top, 4)}%; width: {round(t.width, 4)}%; height: {round(t.height, 4)}%"></a>'
+        f'title="channel {t.channel}{" (constant on this image)" if t.dead else ""}" style="left: {r(t.left)}%; '
+        f'top: {r(t.top)}%; width: {r(t.width)}%; height: {r(t.height)}%"></a>'
         for t in tiles))
 
 
