@@ -58,8 +58,9 @@ def _layer_units(node: LayerNode, n_images: int, k: int, heat_shape: tuple[int, 
 
 
 def report_like(nodes: list[LayerNode], input_hw: tuple[int, int], *, classes=("cats", "dogs"), n_images: int = 24,
-                top_k: int = 8, seed: int = 0, heat_side: int = 6, chosen_maps: bool = True, name: str = "model") -> ReportData:
-    """Random but valid data for a given layer structure."""
+                top_k: int = 8, seed: int = 0, heat_side: int = 6, chosen_maps: bool = True, name: str = "model",
+                ranked_as: dict | None = None) -> ReportData:
+    """Random but valid data for a given layer structure (ranked_as: ScanResult.ranked_as)."""
     rng = np.random.default_rng(seed)
     root = Path("data")
     per_class = n_images // len(classes)
@@ -77,7 +78,7 @@ def report_like(nodes: list[LayerNode], input_hw: tuple[int, int], *, classes=("
     probes = [ProbeResult(maps[-1].name, 0, 0, 0, [TopEntry(i, 1.0 - i / 10, 0, 0) for i in range(3)])]
     scan = ScanResult(units=units, probes=probes, metrics=metrics, num_images=n_images - 1,
                       skipped=[Skipped("dogs/broken.jpg", "corrupt or truncated image (test)")],
-                      thumbnails={i: make_thumbnail(p) for i, p in enumerate(pictures)}, heat_side=heat_side)
+                      thumbnails={i: make_thumbnail(p) for i, p in enumerate(pictures)}, heat_side=heat_side, ranked_as=dict(ranked_as or {}))
     chosen = [ChosenImage(path=records[0].rel, label=classes[0], scores=[0.25], prediction=f"{classes[0]} (output 0.250)",
                           pixels=pictures[0],
                           maps={n.name: rng.normal(size=(*n.spatial, n.channels)).astype(np.float32) if chosen_maps else

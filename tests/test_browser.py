@@ -202,8 +202,10 @@ def big_site(tmp_path_factory) -> Site:
     from reportgen.site.pages import render_site
     from reportgen.writer import SiteFolder
 
+    from reportgen.model.ranking import ranked_as
+
     traced = trace_model(keras.applications.ResNet50(weights=None, classes=2, input_shape=(224, 224, 3)), "resnet50.keras")
-    data = report_like(traced.info.nodes, (224, 224), n_images=48, top_k=16, heat_side=6, name="resnet50")
+    data = report_like(traced.info.nodes, (224, 224), n_images=48, top_k=16, heat_side=6, name="resnet50", ranked_as=ranked_as(traced))
     out = tmp_path_factory.mktemp("browser_big") / "site"
     with SiteFolder(out) as site:
         render_site(data, site)
@@ -683,6 +685,30 @@ def test_resnet50_sized_site(browser, big_site, big_mode, servers):
         page.click("#unit-go")
         page.wait_for_url(w.url(widest["page"]) + "#unit-2047")
         wait_view(page, 2047)
+        problems = w.take_problems()
+        assert not problems, "\n".join(problems)
+    finally:
+        context.close()
+
+
+def test_a_layer_ranked_as_another_says_so_and_links_to_it(browser, big_site, servers):
+    """ResNet50's BatchNormalization and ReLU layers rank images as their convolution does: their
+    pages link to it, and a dead unit's view says whose order its tied images are in."""
+    derived = {layer["name"]: layer for layer in big_site.report["layers"] if layer["ranked_as"]}
+    assert len(derived) == 102 and derived["conv1_relu"]["ranked_as"] == "conv1_conv"
+    pages = {layer["name"]: layer["page"] for layer in big_site.report["layers"]}
+    layer = derived["conv1_relu"]
+    dead = next(u["channel"] for u in big_site.units(layer) if u["dead"] and all(e[1] == u["max"] for e in u["top"]))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        w = Watcher(context.new_page(), base_url(big_site, "http", servers), big_site.root)
+        page = w.page
+        w.goto(f"{layer['page']}#unit-{dead}")
+        wait_view(page, dead)
+        assert "the ones conv1_conv scores highest" in page.inner_text("#unit-view .warning")
+        assert "ranks images as conv1_conv does" in page.inner_text("#unit-view")
+        page.click("dl.facts a:text('conv1_conv')")
+        page.wait_for_url(w.url(pages["conv1_conv"]))
         problems = w.take_problems()
         assert not problems, "\n".join(problems)
     finally:

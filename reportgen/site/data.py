@@ -68,9 +68,11 @@ def _clean_reads(value):
     return value
 
 
-def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw: tuple[int, int], top_k: int, relevance=None) -> bytes:
+def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw: tuple[int, int], top_k: int, relevance=None,
+               ranked_as: str | None = None) -> bytes:
     """data/<layer>.js. heat: {"shape": [h, w], "atlases": [path], "tiles": [[atlas, row] per channel]};
-    relevance: engines.explain.LayerRelevance (--relevance) or None."""
+    relevance: engines.explain.LayerRelevance (--relevance) or None; ranked_as: the earlier layer
+    whose units' top K this layer's units show (ScanResult.ranked_as)."""
     head = {
         "schema_version": SCHEMA_VERSION,
         "layer": node.name,
@@ -81,6 +83,7 @@ def layer_file(node, units: LayerUnits, rf: ReceptiveField, heat: dict, input_hw
         "top_k": top_k,
         "receptive_field": _clean_reads(rf_data(rf)),
         "heat": {"shape": heat["shape"], "atlases": heat["atlases"], "floor": 80},
+        "ranked_as": ranked_as,
     }
     values = _f32(units.values)  # flat: unit c's j-th at c * k + j
     hist_hi = [repr(h) if math.isfinite(h) else json.dumps(h) for h in units.hist_hi.tolist()]  # json.dumps' text, without its cost per call

@@ -351,7 +351,8 @@ class Renderer:
                                                               for c in range(node.channels)]}
             evolution = f"data/evolution-{slug(node.name)}.js"
             self.site.write(evolution, site_data.js_call("evolution", body))
-        self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k, relevance))
+        self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k, relevance,
+                                                                               data.scan.ranked_as.get(node.name)))
         grids, sparsity = [], []
         for grid, view in zip(drawn, chosen):
             picture = write_feature_grid(self.site, node, grid)

@@ -174,9 +174,13 @@
       });
       over = el("section", { class: "evolution-section", style: "--ar: " + layerData.input_hw[1] + " / " + layerData.input_hw[0] }, [el("h3", { text: "Over training: the top images, epoch by epoch" })].concat(rows));
     }
-    var warning = unit.dead ? el("p", { class: "warning", text: "This unit never fires: every image scores " + num(unit.max) + ", so these are simply the first images in dataset order." }) : null;
+    var first = layerData.ranked_as, tied = unit.top.every(function (e) { return e[1] === unit.max; });
+    var warning = !unit.dead ? null : el("p", { class: "warning", text: "This unit never fires (never above zero on any image)" + (!tied ? "." :
+      first ? ": the images shown all score " + num(unit.max) + " here; they are the ones " + first + " scores highest, the closest to making it fire." :
+      ": the images shown all score " + num(unit.max) + ", so they are simply the first such images in dataset order.") });
     var note = el("p", { class: "note", text: "Grid: one cell per position of the " + shape[1] + " × " + shape[2] + " map. Filled cell: where the maximum is. Outline: the pixels its receptive field reads" +
-      (layerData.receptive_field.exact ? "" : " (not defined here: the grid cell)") + ", dashed where the field reaches into the padding. Heatmap: the unit's map on that image, 100% = the unit's top activation." });
+      (layerData.receptive_field.exact ? "" : " (not defined here: the grid cell)") + ", dashed where the field reaches into the padding. Heatmap: the unit's map on that image, 100% = the unit's top activation." +
+      (first ? " This layer ranks images as " + first + " does (a non-decreasing function of each channel): the images, filled cells and heatmaps are " + first + "'s; the scores are this layer's." : "") });
     [nav, title, el("div", { class: "unit-head" }, [facts, histogram(unit.histogram)]), toggles(!unit.dead && unit.heat),
       el("h3", { text: "Top " + unit.top.length + " images" }), warning, gallery, note, relevance, over].forEach(function (c) { if (c) view.appendChild(c); });
     view.hidden = false;
