@@ -81,6 +81,7 @@ def rename_layers(data, rename: dict[str, str]) -> None:
         units.layer = rename.get(units.layer, units.layer)
     for probe in data.scan.probes:
         probe.layer = rename.get(probe.layer, probe.layer)
+    data.scan.ranked_as = {rename.get(k, k): rename.get(v, v) for k, v in data.scan.ranked_as.items()}
     data.fields = {rename.get(k, k): v for k, v in data.fields.items()}
     for image in data.chosen:
         image.maps = {rename.get(k, k): v for k, v in image.maps.items()}

@@ -27,6 +27,10 @@ def _chain_model():
         L.LeakyReLU(0.2, name="leaky"),
         L.Activation("tanh", name="tanh"),  # an approximated function: not trusted to keep the order
         L.ReLU(threshold=0.1, name="shifted"),  # not non-decreasing: a jump down at the threshold
+        L.MaxPooling2D(3, strides=1, name="pool_overlap"),  # 12 -> 10: windows overlap, reduced itself
+        L.MaxPooling2D(2, name="pool_tiles"),  # 10 -> 5: tiles its input
+        L.MaxPooling2D(4, padding="same", name="pool_pad"),  # 5 -> 2: 'same', a padding row and column before
+        L.Conv2D(3, 1, name="conv3"),
         L.GlobalAveragePooling2D(name="gap"),
         L.Dense(1, activation="sigmoid", name="out"),
     ])
@@ -41,6 +45,9 @@ def _chain_model():
     model.get_layer("conv").set_weights([kernel, bias])
     model.compile(loss="binary_crossentropy")
     return model
+
+
+CHAINS = {"bn": "conv", "relu": "conv", "relu6": "bn_neg", "leaky": "bn_neg", "pool_tiles": "pool_overlap", "pool_pad": "pool_overlap"}
 
 
 def _own_maps(traced, dataset, batch_size):
@@ -62,9 +69,23 @@ def test_ranking_chains_are_found_from_the_weights():
     from reportgen.model.ranking import ranked_as
 
     traced = trace_model(_chain_model())
-    assert ranked_as(traced) == {"bn": "conv", "relu": "conv", "relu6": "bn_neg", "leaky": "bn_neg"}
+    assert ranked_as(traced) == CHAINS
     # relu's input is not shown: relu is reduced itself
-    assert ranked_as(trace_model(_chain_model(), layers=["*", "!bn"])) == {"relu6": "bn_neg", "leaky": "bn_neg"}
+    assert ranked_as(trace_model(_chain_model(), layers=["*", "!bn"])) == {k: v for k, v in CHAINS.items() if v != "conv"}
+    assert ranked_as(traced, keep={"relu6"}) == {"bn": "conv", "relu": "conv", "leaky": "relu6", "pool_tiles": "pool_overlap", "pool_pad": "pool_overlap"}
+
+
+def test_which_max_pools_tile_their_input():
+    import keras
+
+    from reportgen.model.ranking import tiles_input
+
+    L = keras.layers
+    assert tiles_input(L.MaxPooling2D(2), (4, 6)) and tiles_input(L.MaxPooling2D((2, 3)), (4, 6))
+    assert not tiles_input(L.MaxPooling2D(2), (5, 6))  # 'valid' drops the last row
+    assert tiles_input(L.MaxPooling2D(2, padding="same"), (5, 5))
+    assert not tiles_input(L.MaxPooling2D(3, strides=2, padding="same"), (6, 6))  # overlapping windows
+    assert not tiles_input(L.AveragePooling2D(2), (4, 4))
 
 
 def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_path):
@@ -79,18 +100,18 @@ def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_
     traced = trace_model(_chain_model())
     k = 5
     result = scan_dataset(traced, dataset, top_k=k, batch_size=4, quiet=True)
-    assert result.ranked_as == {"bn": "conv", "relu": "conv", "relu6": "bn_neg", "leaky": "bn_neg"}
+    assert result.ranked_as == CHAINS
     own = _own_maps(traced, dataset, 4)
     for node in traced.map_layers:
         maps = own[node.name]
         n, h, w, c = maps.shape
         flat = maps.reshape(n, h * w, c)
         first = result.ranked_as.get(node.name, node.name)
-        first_flat = own[first].reshape(n, h * w, c)
+        first_max = own[first].max(axis=(1, 2))
         for unit in result.units[node.name]:
             ch = unit.channel
             scores = flat[:, :, ch].max(axis=1)
-            first_scores = first_flat[:, :, ch].max(axis=1)
+            first_scores = first_max[:, ch]
             # ranked by the first layer's scores (ties: the earlier image)
             order = sorted(range(n), key=lambda i: (-first_scores[i], i))[:k]
             assert [e.image for e in unit.top] == order, (node.name, ch)
@@ -121,8 +142,8 @@ def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_
 
 
 def test_a_probe_on_a_derived_layer_and_weights_that_change(tmp_path):
-    """A --unit probe on a derived layer reads its own values; a miner made before the weights
-    changed (the training callback keeps one) is made anew when the chains change."""
+    """A --unit probe's layer is reduced itself (the probe reads its map); a miner made before the
+    weights changed (the training callback keeps one) is made anew when the chains change."""
     from reportgen.dataset import discover
     from reportgen.engines.local import scan_dataset
     from reportgen.engines.mining import DEFAULT_PREPROCESSING, MiningStep, Probe
@@ -140,7 +161,8 @@ def test_a_probe_on_a_derived_layer_and_weights_that_change(tmp_path):
     gamma[2] = -gamma[2]
     bn.set_weights([gamma, *rest])
     result = scan_dataset(traced, dataset, top_k=4, batch_size=4, probes=[probe], miner=miner, quiet=True)
-    assert result.ranked_as == {"relu": "bn", "relu6": "bn_neg", "leaky": "bn_neg"}  # bn has a negative scale now
+    # bn has a negative scale now; relu6 has a probe: each is reduced itself
+    assert result.ranked_as == {"relu": "bn", "leaky": "relu6", "pool_tiles": "pool_overlap", "pool_pad": "pool_overlap"}
     own = _own_maps(traced, dataset, 4)
     values = own["relu6"][:, 3, 2, 2]
     order = sorted(range(len(values)), key=lambda i: (-values[i], i))[:4]
@@ -168,8 +190,7 @@ def test_the_site_says_which_layer_a_derived_layer_ranks_as(tmp_path):
     report = json.loads((out / "report.json").read_text())
     schema = json.loads((Path(__file__).parents[1] / "reportgen" / "site" / "schema" / "report.schema.json").read_text())
     jsonschema.validate(report, schema)
-    assert {layer["name"]: layer["ranked_as"] for layer in report["layers"]} == {
-        "conv": None, "bn": "conv", "relu": "conv", "conv2": None, "bn_neg": None, "relu6": "bn_neg", "leaky": "bn_neg", "tanh": None, "shifted": None}
+    assert {layer["name"]: layer["ranked_as"] for layer in report["layers"] if layer["ranked_as"]} == CHAINS
     page = (out / layer_page("relu")).read_text()
     assert "Ranked as" in page and f'href="{layer_page("conv").split("/")[-1]}"' in page
     assert "Ranked as" not in (out / layer_page("conv")).read_text()

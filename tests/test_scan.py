@@ -320,15 +320,20 @@ def test_heatmaps_and_thumbnails_from_the_one_pass_match_the_maps(tmp_path, side
         thumb = result.thumbnails[image]
         assert thumb.ext == "png"  # 16 x 16: exact
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(thumb.data))), load_pixels(dataset.records[image].path, traced.spec))
-    for li, node in enumerate(traced.map_layers):
+    index = {node.name: i for i, node in enumerate(traced.map_layers)}
+    assert result.ranked_as == {"p1": "c1"}  # a max-pool tiling its input: c1's heatmaps
+    for node in traced.map_layers:
         units = result.units[node.name]
-        scale = max(1, -(-max(node.spatial) // side))
-        assert units.heat.shape[2:] == tuple(-(-s // scale) for s in node.spatial)
+        source = traced.map_layers[index[result.ranked_as.get(node.name, node.name)]]
+        li = index[source.name]
+        scale = max(1, -(-max(source.spatial) // side))
+        assert units.heat.shape[2:] == tuple(-(-s // scale) for s in source.spatial)
         for unit in units:
+            top = result.units[source.name][unit.channel].max_value
             for rank, entry in enumerate(unit.top):
                 _, maps = run_images(traced, load_pixels(dataset.records[entry.image].path, traced.spec)[None])
                 small = block_means(maps[li][0, :, :, unit.channel].astype(np.float64), scale)
-                expected = np.round(np.clip(small / unit.max_value, 0, 1) * 255) if unit.max_value > 0 else np.zeros_like(small)
+                expected = np.round(np.clip(small / top, 0, 1) * 255) if top > 0 else np.zeros_like(small)
                 np.testing.assert_allclose(units.heat[unit.channel, rank], expected, atol=2)
 
 

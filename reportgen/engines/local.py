@@ -21,7 +21,6 @@ from reportgen.errors import UserError, between_steps, check_interruption, model
 from reportgen.images import make_thumbnail
 from reportgen.model import TracedModel
 from reportgen.model.preprocess import Preprocessing, resizer
-from reportgen.model.ranking import ranked_as
 from reportgen.model.tf import tf
 from reportgen.report import ScanResult, Thumbnail
 from reportgen.stats import TOP, StreamingHistograms, classification_mode, score_images
@@ -96,7 +95,7 @@ def mine(
     mode, _ = classification_mode(traced.info.num_outputs, len(dataset.classes))
     logits = bool(traced.info.head and traced.info.head.logits)
     label_of = {r.index: -1 if r.label is None else r.label for r in records}
-    if miner is not None and miner.ranked_as != ranked_as(traced):  # the weights changed (training): which layers rank alike too
+    if miner is not None and not miner.is_current():  # the weights changed (training): which layers rank alike too
         miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, miner.loss, side=miner.side, cams=miner.cams)
     if miner is None:
         miner = MiningStep(traced, top_k, probes, preprocessing, batch_size, PerImageLoss(traced.loss, mode, traced.info.num_outputs),

@@ -152,12 +152,12 @@ class MiningStep:
         # Layers that rank images as an earlier one does (ranking.py) are not reduced: their units
         # take that layer's top K (PartialScan.ranked_as); only their per-image maxima are computed,
         # from its maxima, for their histograms.
-        self.ranked_as = ranked_as(traced)
+        self.keep = frozenset(p.layer for p in probes)  # a probe reads its own layer's map
+        self.ranked_as = ranked_as(traced, self.keep)
         self.layers = [node for node in traced.map_layers if node.name not in self.ranked_as]  # the layers reduced
         self.derived = [node for node in traced.map_layers if node.name in self.ranked_as]
         index = {node.name: i for i, node in enumerate(self.layers)}
-        self.probe_slots = [(index[self.ranked_as.get(p.layer, p.layer)], p.row, p.col, p.channel, p.layer if p.layer in self.ranked_as else None)
-                            for p in probes]
+        self.probe_slots = [(index[p.layer], p.row, p.col, p.channel) for p in probes]
         self.side = side or heat_side(traced.map_layers, k)  # of every unit shown: each gets its heatmaps
         self.heat_shapes = [heat_shape(node.spatial, self.side) for node in self.layers]
         self.offsets = np.cumsum([0] + [node.channels for node in self.layers]).tolist()  # layer order
@@ -212,6 +212,10 @@ class MiningStep:
             segments.append(_Segment(members, row, row + size, heat_scale(first.spatial, self.side), self.heat_shapes[members[0]]))
             row += size
         return segments
+
+    def is_current(self) -> bool:
+        """Whether the layers that rank alike are still those it was made for (weights change in training)."""
+        return self.ranked_as == ranked_as(self.traced, self.keep)
 
     def to_layer_order(self, rows: np.ndarray) -> np.ndarray:
         """Per-unit rows of the table (segment order, units only) in the reduced layers' order."""
@@ -339,13 +343,8 @@ class MiningStep:
         unit_max = tf.transpose(batch_max)  # [units, batch]
         values = [unit_max]
         places = [tf.zeros(tf.shape(unit_max), tf.int32)]  # units' positions: set below, for the entries that enter
-        for li, row, col, ch, derived in self.probe_slots:
-            if derived is None:
-                v = maps[li][:, row, col, ch][None, :]
-            else:  # the probe's layer applied to its first layer's values at that position
-                first = self.layers[li].name
-                at = {first: tf.reshape(maps[li][:, row, col, :], [self.batch_size, 1, 1, -1])}
-                v = apply_chain(self.traced, derived, at, first)[:, 0, 0, ch][None, :]
+        for li, row, col, ch in self.probe_slots:
+            v = maps[li][:, row, col, ch][None, :]
             values.append(tf.where(tf.math.is_nan(v) | (ids[None, :] < 0), tf.constant(-np.inf, v.dtype), v))
             places.append(tf.fill(tf.shape(v), tf.constant(row * maps[li].shape[2] + col, tf.int32)))
         new_vals = tf.concat(values, axis=0)  # [units + probes, batch]

@@ -201,9 +201,10 @@ def _wanted(thumbnails: dict, ids: np.ndarray) -> dict:
 def finish(part: PartialScan, traced, classes: list[str], probes: list) -> ScanResult:
     """The site's view of a (merged) summary: per-layer units with heatmaps scaled to each unit's top
     score, probe results, metrics (as model.evaluate: mean loss plus regularisation) and predictions."""
-    from reportgen.model.ranking import derived_values  # TensorFlow: the derived layers' scores come from the layers themselves
+    from reportgen.model.ranking import derived_positions, derived_values  # TensorFlow: the derived layers' scores come from the layers themselves
 
     layers = traced.map_layers
+    by_name = {node.name: node for node in layers}
     reduced = [node for node in layers if node.name not in part.ranked_as]
     offsets = np.cumsum([0] + [node.channels for node in reduced]).tolist()  # table rows
     every = np.cumsum([0] + [node.channels for node in layers]).tolist()  # histogram rows
@@ -222,10 +223,12 @@ def finish(part: PartialScan, traced, classes: list[str], probes: list) -> ScanR
         first = part.ranked_as.get(node.name)
         if first is None:
             units[node.name] = _layer_units(node, *tables[node.name], histogram)
-        else:  # the first layer's top K, with this layer's scores
+        else:  # the first layer's top K, with this layer's scores and positions in its grid
             vals, ids, pos, heat, shape = tables[first]
-            units[node.name] = _layer_units(node, derived_values(traced, part.ranked_as, node.name, vals), ids, pos, heat, shape, histogram,
-                                            heat_values=vals)
+            width = by_name[first].spatial[1]
+            rows, cols = derived_positions(traced, node.name, first, pos // width, pos % width)
+            units[node.name] = _layer_units(node, derived_values(traced, part.ranked_as, node.name, vals), ids, rows * node.spatial[1] + cols,
+                                            heat, shape, histogram, heat_values=vals)
     end = offsets[-1]
     widths = {node.name: node.spatial[1] for node in layers}
     probe_results = [

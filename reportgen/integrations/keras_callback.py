@@ -107,12 +107,11 @@ class ReportCallback(keras.callbacks.Callback):
 
     def snapshot(self, epoch: int, logs: dict) -> None:
         from reportgen.engines.local import run_images, scan_dataset
-        from reportgen.model.ranking import ranked_as
 
         if not self._ready:
             self._setup()
         started = time.perf_counter()
-        if self.miner.ranked_as != ranked_as(self.traced):  # a BatchNormalization's scale changed sign: the chains changed
+        if not self.miner.is_current():  # a BatchNormalization's scale changed sign: the chains changed
             self.miner = self._new_miner()
         scan = scan_dataset(self.traced, self.dataset, top_k=self.top_k, batch_size=self.batch_size, preprocessing=self.preprocessing,
                             quiet=True, decoded=self._probe_batches, miner=self.miner, thumbnails=self.thumbnails)
