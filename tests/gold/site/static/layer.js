@@ -180,7 +180,7 @@
       ": the images shown all score " + num(unit.max) + ", so they are simply the first such images in dataset order.") });
     var note = el("p", { class: "note", text: "Grid: one cell per position of the " + shape[1] + " × " + shape[2] + " map. Filled cell: where the maximum is. Outline: the pixels its receptive field reads" +
       (layerData.receptive_field.exact ? "" : " (not defined here: the grid cell)") + ", dashed where the field reaches into the padding. Heatmap: the unit's map on that image, 100% = the unit's top activation." +
-      (first ? " This layer ranks images as " + first + " does (a non-decreasing function of each channel): the images, filled cells and heatmaps are " + first + "'s; the scores are this layer's." : "") });
+      (first ? " This layer ranks images as " + first + " does (it keeps each channel's ranking): the images, filled cells and heatmaps come from " + first + "; the scores are this layer's." : "") });
     [nav, title, el("div", { class: "unit-head" }, [facts, histogram(unit.histogram)]), toggles(!unit.dead && unit.heat),
       el("h3", { text: "Top " + unit.top.length + " images" }), warning, gallery, note, relevance, over].forEach(function (c) { if (c) view.appendChild(c); });
     view.hidden = false;
