@@ -61,7 +61,7 @@ def _own_maps(traced, dataset, batch_size):
         _, maps = run_images(traced, batch.pixels)
         for node, m in zip(traced.map_layers, maps):
             per_layer[node.name].append(m)
-    return {name: np.concatenate(m) for name, m in per_layer.items()}
+    return {name: np.concatenate(m).astype(np.float32) for name, m in per_layer.items()}  # float16 in mixed precision: exact
 
 
 def test_ranking_chains_are_found_from_the_weights():
@@ -88,20 +88,12 @@ def test_which_max_pools_tile_their_input():
     assert not tiles_input(L.AveragePooling2D(2), (4, 4))
 
 
-def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_path):
-    from reportgen.dataset import discover
-    from reportgen.engines.local import mine, scan_dataset
-    from reportgen.engines.partial import finish, merge_partials
-    from reportgen.model import trace_model
+def _check_against_own_maps(result, traced, own: dict, k: int) -> None:
+    """Every unit of every layer against the layer's own maps: ranked by its first layer's scores
+    (ties: the earlier image), a top K of its own scores with its own scores, positions holding the
+    maximum, histograms exact; reduced layers exactly as brute force."""
     from reportgen.stats import StreamingHistograms
 
-    make_dataset(tmp_path / "data", {"a": 11, "b": 10})
-    dataset = discover(tmp_path / "data")
-    traced = trace_model(_chain_model())
-    k = 5
-    result = scan_dataset(traced, dataset, top_k=k, batch_size=4, quiet=True)
-    assert result.ranked_as == CHAINS
-    own = _own_maps(traced, dataset, 4)
     for node in traced.map_layers:
         maps = own[node.name]
         n, h, w, c = maps.shape
@@ -128,6 +120,21 @@ def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_
         histograms = StreamingHistograms(c)
         histograms.update(flat.max(axis=1))
         np.testing.assert_array_equal(result.units[node.name].hist_counts, histograms.counts, err_msg=node.name)
+
+
+def test_derived_layers_show_their_first_layers_top_k_with_their_own_scores(tmp_path):
+    from reportgen.dataset import discover
+    from reportgen.engines.local import mine, scan_dataset
+    from reportgen.engines.partial import finish, merge_partials
+    from reportgen.model import trace_model
+
+    make_dataset(tmp_path / "data", {"a": 11, "b": 10})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(_chain_model())
+    k = 5
+    result = scan_dataset(traced, dataset, top_k=k, batch_size=4, quiet=True)
+    assert result.ranked_as == CHAINS
+    _check_against_own_maps(result, traced, _own_maps(traced, dataset, 4), k)
     dead = result.units["relu"][0]
     assert dead.dead and [e.value for e in dead.top] == [0.0] * k
     assert [e.image for e in dead.top] != list(range(k))  # the ties at 0 keep the BatchNormalization's order
@@ -195,3 +202,31 @@ def test_the_site_says_which_layer_a_derived_layer_ranks_as(tmp_path):
     assert "Ranked as" in page and f'href="{layer_page("conv").split("/")[-1]}"' in page
     assert "Ranked as" not in (out / layer_page("conv")).read_text()
     assert broken_links({p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}) == []
+
+
+def test_a_mixed_precision_model(tmp_path):
+    """float16 maps (a model trained with the mixed_float16 policy): scores kept as float32, exactly;
+    its BatchNormalization and ReLU rank as its convolution; the whole build runs, --relevance too."""
+    import keras
+
+    from conftest import build_site
+    from reportgen.dataset import discover
+    from reportgen.engines.local import scan_dataset
+    from reportgen.model import trace_model
+
+    keras.utils.set_random_seed(5)
+    L, mixed = keras.layers, "mixed_float16"
+    model = keras.Sequential([
+        keras.Input((16, 16, 3)), L.Conv2D(4, 3, name="conv", dtype=mixed), L.BatchNormalization(name="bn", dtype=mixed),
+        L.ReLU(name="relu", dtype=mixed), L.MaxPooling2D(2, name="pool", dtype=mixed), L.Conv2D(3, 3, name="conv2", dtype=mixed),
+        L.GlobalAveragePooling2D(dtype=mixed), L.Dense(1, activation="sigmoid", name="out", dtype="float32"),
+    ])
+    model.compile(loss="binary_crossentropy")
+    make_dataset(tmp_path / "data", {"a": 7, "b": 6})
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    result = scan_dataset(traced, dataset, top_k=4, batch_size=4, quiet=True)
+    assert result.ranked_as == {"bn": "conv", "relu": "conv", "pool": "conv"}
+    _check_against_own_maps(result, traced, _own_maps(traced, dataset, 4), 4)
+    model.save(tmp_path / "mixed.keras")
+    assert build_site(tmp_path / "mixed.keras", tmp_path / "data", tmp_path / "site", "--relevance") == 0

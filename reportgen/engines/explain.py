@@ -166,7 +166,7 @@ class RelevanceStep:
         grads = tape.gradient(score, maps)
         totals, places = [], []
         for a, g in zip(maps, grads):
-            contribution = a * g
+            contribution = tf.cast(a * g, tf.float32)  # float16 in a mixed-precision model
             totals.append(tf.reduce_sum(contribution, axis=[1, 2]))
             places.append(_spatial_max(contribution)[1])
         values = tf.concat(totals, axis=1)  # [b, units]

@@ -242,7 +242,7 @@ class MiningStep:
                 x = batch_max[:, lo : lo + node.channels]
                 chains[first] = ({first: tf.reshape(x, [self.batch_size, 1, 1, node.channels])}, tf.equal(x, -np.inf))
             values, empty = chains[first]
-            y = tf.reshape(apply_chain(self.traced, node.name, values, first), [self.batch_size, node.channels])
+            y = tf.cast(tf.reshape(apply_chain(self.traced, node.name, values, first), [self.batch_size, node.channels]), tf.float32)
             out.append(tf.where(empty, tf.constant(-np.inf, y.dtype), y))
         return tf.concat(out, axis=1)
 
@@ -339,6 +339,8 @@ class MiningStep:
         else:
             outs = self.tap(x, training=False)
         preds, maps = outs[0], outs[1:]
+        # a mixed-precision model's maps are float16: its units' scores are kept as float32 (exactly)
+        maps = [m if m.dtype == tf.float32 else tf.cast(m, tf.float32) for m in maps]
         candidates, batch_max = self._candidates(self.reduce(maps), vals[: self.units, self.k - 1], (ids < 0)[:, None])  # batch_max: [batch, units], segment order
         unit_max = tf.transpose(batch_max)  # [units, batch]
         values = [unit_max]

@@ -48,8 +48,8 @@ class PartialScan:
     heat: np.ndarray  # uint8, flat: unit after unit, [k, heat_sizes[unit]] each: each entry's heatmap, 255 = its own score
     heat_sizes: np.ndarray  # int64 [units]: values in one heatmap of each unit (its layer's hs x ws)
     hist_counts: np.ndarray  # int64 [every unit shown, bins] (layer order)
-    hist_hi: np.ndarray  # float64 [units]
-    hist_nonpositive: np.ndarray  # int64 [units]
+    hist_hi: np.ndarray  # float64 [every unit shown]
+    hist_nonpositive: np.ndarray  # int64 [every unit shown]
     images: np.ndarray  # int64 [n]: the images this pass read (global indices)
     labels: np.ndarray  # int64 [n]
     predicted: np.ndarray  # int64 [n] (-1 without predictions)
