@@ -88,6 +88,22 @@ def test_which_max_pools_tile_their_input():
     assert not tiles_input(L.AveragePooling2D(2), (4, 4))
 
 
+def test_which_activations_keep_the_ranking():
+    import keras
+
+    from reportgen.model.ranking import keeps_ranking
+
+    L = keras.layers
+
+    def relu(x):  # a namesake of Keras's, decreasing
+        return -x
+
+    assert all(keeps_ranking(L.Activation(name)) for name in ("relu", "relu6", "linear", "leaky_relu"))
+    assert not keeps_ranking(L.Activation(relu)) and not keeps_ranking(L.Activation("sigmoid"))
+    assert keeps_ranking(L.ReLU(max_value=6.0, negative_slope=0.1)) and not keeps_ranking(L.ReLU(threshold=0.5))
+    assert keeps_ranking(L.LeakyReLU(0.3)) and not keeps_ranking(L.ELU())  # ELU's exp: not trusted to the last bit
+
+
 def _check_against_own_maps(result, traced, own: dict, k: int) -> None:
     """Every unit of every layer against the layer's own maps: ranked by its first layer's scores
     (ties: the earlier image), a top K of its own scores with its own scores, positions holding the

@@ -23,7 +23,7 @@ from reportgen.model.tf import keras, tf
 
 # Activations that are non-decreasing and computed exactly (max, min, multiplication by a
 # non-negative constant): an approximated sigmoid or tanh may not be, at the last bit.
-_ACTIVATIONS = {"relu", "relu6", "linear", "leaky_relu"}
+_ACTIVATIONS = ("relu", "relu6", "linear", "leaky_relu")
 
 
 def keeps_ranking(layer) -> bool:
@@ -41,7 +41,7 @@ def keeps_ranking(layer) -> bool:
     if kind is keras.layers.LeakyReLU:
         return float(layer.negative_slope) >= 0
     if kind is keras.layers.Activation:
-        return getattr(layer.activation, "__name__", "") in _ACTIVATIONS
+        return any(layer.activation is getattr(keras.activations, name) for name in _ACTIVATIONS)  # Keras's own, not a namesake
     return False
 
 
