@@ -77,8 +77,7 @@ def grad_cams(scores, maps, tape=None):
 def cam_model(traced: TracedModel, request: CamRequest, layers: list | None = None):
     """The tap model (or one with the maps of `layers` only) with two more outputs: the logits and
     the cam layer's map."""
-    maps = traced.tap.outputs[1:] if layers is None else [traced.tensors[node.name] for node in layers]
-    return keras.Model(traced.input, [traced.tap.outputs[0], *maps, traced.logits, traced.tensors[request.layer]], name="reportgen_tap_cams")
+    return keras.Model(traced.input, [*traced.outputs_of(layers), traced.logits, traced.tensors[request.layer]], name="reportgen_tap_cams")
 
 
 def run_with_cams(model, x, labels, request: CamRequest):

@@ -181,7 +181,7 @@ class MiningStep:
         if cams is not None:
             self.tap = cam_model(traced, cams, self.layers)
         elif self.derived:
-            self.tap = keras.Model(traced.input, [traced.tap.outputs[0]] + [traced.tensors[node.name] for node in self.layers], name="reportgen_tap_reduced")
+            self.tap = keras.Model(traced.input, traced.outputs_of(self.layers), name="reportgen_tap_reduced")
         else:
             self.tap = traced.tap
         self.batch_size = batch_size

@@ -49,6 +49,10 @@ class TracedModel:
     logits: object = None  # the evaluated output before its sigmoid/softmax (the output itself for logits)
     layers: dict = None  # qualified layer name -> the Keras layer
 
+    def outputs_of(self, layers: list | None = None) -> list:
+        """The tap model's outputs: the evaluated output, then the maps of `layers` (default: every map layer)."""
+        return list(self.tap.outputs) if layers is None else [self.tap.outputs[0]] + [self.tensors[node.name] for node in layers]
+
     def model_of(self, names: list[str], with_logits: bool = True, name: str = "reportgen_view"):
         """A model from the traced input to [logits] + the named layers' outputs (public Keras API)."""
         outputs = ([self.logits] if with_logits else []) + [self.tensors[n] for n in names]
