@@ -27,25 +27,29 @@ class StreamingHistograms:
         self.counts = np.zeros((units, HISTOGRAM_BINS), dtype=np.int64)
         self.hi = np.zeros(units, dtype=np.float64)  # 0: nothing positive seen yet
         self.nonpositive = np.zeros(units, dtype=np.int64)
+        self._offsets = np.arange(units, dtype=np.intp) * HISTOGRAM_BINS  # unit u's bins in the flat counts
 
     def update(self, values: np.ndarray) -> None:
-        """values: [batch, units] per-image maxima. Whole-array operations only: with 20k units a
-        batch is hundreds of thousands of values (the pass runs this beside every step)."""
+        """values: [batch, units] per-image maxima. Whole-array operations only, no masks: with 20k
+        units a batch is hundreds of thousands of values, and the pass runs this beside every step,
+        in a thread that competes with it for the cores."""
         values = np.asarray(values, dtype=np.float64)
-        positive = values > 0  # NaN compares False: counted with the non-positive
-        self.nonpositive += values.shape[0] - positive.sum(axis=0)
-        peak = np.where(positive, values, 0).max(axis=0, initial=0.0)
-        self._grow(peak)
-        if positive.any():
-            units = values.shape[1]
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                bins = np.floor(values / np.where(self.hi > 0, self.hi, 1.0) * HISTOGRAM_BINS)
-            np.clip(bins, 0, HISTOGRAM_BINS - 1, out=bins, where=positive)
-            # one extra bin per unit takes the non-positive values; bincount on flat (unit, bin)
-            # indices: the same as np.add.at, many times faster
-            flat = np.where(positive, bins, HISTOGRAM_BINS).astype(np.int64) + np.arange(units) * (HISTOGRAM_BINS + 1)
-            counts = np.bincount(flat.ravel(), minlength=units * (HISTOGRAM_BINS + 1)).reshape(units, HISTOGRAM_BINS + 1)
-            self.counts += counts[:, :HISTOGRAM_BINS]
+        if not values.size:
+            return
+        nonpositive = values.shape[0] - np.count_nonzero(values > 0, axis=0)  # NaN compares False: non-positive
+        self.nonpositive += nonpositive
+        self._grow(np.fmax.reduce(values, axis=0))  # NaN ignored
+        # hi is a power of two, so x * (BINS / hi) is x / hi * BINS exactly. Every non-positive value
+        # (NaN, -inf, 0) lands in bin 0 and is taken out of it after the count; +inf in the last bin.
+        with np.errstate(invalid="ignore", over="ignore"):
+            bins = values * (HISTOGRAM_BINS / np.where(self.hi > 0, self.hi, 1.0))
+        np.floor(bins, out=bins)
+        np.fmax(bins, 0, out=bins)
+        np.minimum(bins, HISTOGRAM_BINS - 1, out=bins)
+        flat = bins.astype(np.intp)
+        flat += self._offsets
+        self.counts.reshape(-1)[:] += np.bincount(flat.reshape(-1), minlength=self.counts.size)
+        self.counts[:, 0] -= nonpositive
 
     def _grow(self, peak: np.ndarray) -> None:
         """Raise hi to the power of two strictly above each unit's peak where it reached hi, merging

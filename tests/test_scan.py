@@ -210,8 +210,8 @@ def test_streaming_histogram_growth_is_exact():
 
 
 def test_streaming_histograms_of_many_units_equal_numpy():
-    """Units of very different scales, growing in different batches, NaN and zeros: each unit's
-    counts equal np.histogram over all its values with the final range."""
+    """Units of very different scales, growing in different batches, NaN, -inf and zeros, an empty
+    batch: each unit's counts equal np.histogram over all its values with the final range."""
     from reportgen.stats import HISTOGRAM_BINS, StreamingHistograms
 
     rng = np.random.default_rng(11)
@@ -221,6 +221,8 @@ def test_streaming_histograms_of_many_units_equal_numpy():
     for b in batches:
         b[rng.random(b.shape) < 0.05] = np.nan
         b[rng.random(b.shape) < 0.1] = 0
+        b[rng.random(b.shape) < 0.02] = -np.inf
+    batches.append(np.zeros((0, units), np.float32))
     hist = StreamingHistograms(units)
     for b in batches:
         hist.update(b)
