@@ -54,8 +54,9 @@ def _brute_force(traced, dataset, batch_size, k):
     return expected, per_layer, ids
 
 
-@pytest.mark.parametrize("batch_size", [4, 7])
-def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size):
+@pytest.mark.parametrize("batch_size, heat_side", [(4, None), (7, None), (4, 3)])
+def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size, heat_side):
+    """heat_side 3: maps larger than their heatmaps, whose row maxima come from a max-pool."""
     from reportgen.dataset import discover
     from reportgen.model import trace_model
     from reportgen.engines.local import scan_dataset
@@ -66,7 +67,7 @@ def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size):
     dataset = discover(tmp_path / "data")
     traced = trace_model(model)
     k = 5
-    result = scan_dataset(traced, dataset, top_k=k, batch_size=batch_size, quiet=True)
+    result = scan_dataset(traced, dataset, top_k=k, batch_size=batch_size, heat_side=heat_side, quiet=True)
     expected, _, _ = _brute_force(traced, dataset, batch_size, k)
 
     for node in traced.map_layers:
@@ -337,6 +338,52 @@ def test_heatmaps_and_thumbnails_from_the_one_pass_match_the_maps(tmp_path, side
                 small = block_means(maps[li][0, :, :, unit.channel].astype(np.float64), scale)
                 expected = np.round(np.clip(small / top, 0, 1) * 255) if top > 0 else np.zeros_like(small)
                 np.testing.assert_allclose(units.heat[unit.channel, rank], expected, atol=2)
+
+
+@pytest.mark.parametrize("side", [32, 3])
+def test_a_map_holding_nan_ranks_no_image(tmp_path, side):
+    """Where a unit's map holds NaN on an image (the model fails there), or is -inf everywhere, the
+    unit does not rank that image; the other images rank by their maxima as always, and the
+    histograms count such an image as non-positive. Side 32: maps read whole; side 3: maps larger
+    than their heatmaps, whose row maxima come from a max-pool (which skips NaN by itself)."""
+    import keras
+    from PIL import Image
+
+    from reportgen.dataset import discover
+    from reportgen.engines.local import run_images, scan_dataset
+    from reportgen.model import trace_model
+
+    rng = np.random.default_rng(5)
+    for i in range(11):
+        pixels = rng.integers(150, 256, (16, 16, 3), dtype=np.uint8)
+        if i % 3 == 0:
+            pixels[4:9, 6:11] = 0  # a dark patch: c1's channel 1 is negative there, so its log is NaN
+        (tmp_path / "data" / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(tmp_path / "data" / "a" / f"img_{i:02d}.png")
+    inputs = keras.Input((16, 16, 3))
+    c1 = keras.layers.Conv2D(3, 3, name="c1")
+    log = keras.layers.Lambda(lambda x: keras.ops.log(x), name="log")(c1(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(log)))
+    kernel = np.zeros((3, 3, 3, 3), np.float32)
+    kernel[..., 0] = kernel[..., 1] = rng.uniform(0.5, 1.5, (3, 3, 3)) / 27  # about the patch's mean
+    c1.set_weights([kernel, np.array([0.1, -0.3, 0.0], np.float32)])  # channel 2: 0 everywhere, its log -inf
+    dataset = discover(tmp_path / "data")
+    traced = trace_model(model)
+    k = 4
+    result = scan_dataset(traced, dataset, top_k=k, batch_size=4, heat_side=side, quiet=True)
+    _, maps = run_images(traced, np.stack([np.asarray(Image.open(r.path)) for r in dataset.records]))
+    logs = maps[[n.name for n in traced.map_layers].index("log")]
+    assert np.isnan(logs[::3, :, :, 1]).any(axis=(1, 2)).all() and not np.isnan(logs[1::3, :, :, 1]).any()  # as meant
+    for channel in range(3):
+        m = logs[:, :, :, channel].reshape(len(logs), -1)
+        scores = np.where(np.isnan(m).any(axis=1), -np.inf, m.max(axis=1))
+        ranked = [i for i in sorted(range(len(m)), key=lambda i: (-scores[i], i)) if scores[i] > -np.inf][:k]
+        unit = result.units["log"][channel]
+        assert [e.image for e in unit.top] == ranked, channel
+        np.testing.assert_array_equal([e.value for e in unit.top], scores[ranked].astype(np.float32))
+        positive = scores > 0
+        assert unit.histogram.nonpositive == int((~positive).sum())
+    assert len(result.units["log"][2].top) == 0 and len(result.units["log"][1].top) == k
 
 
 def test_default_batch_size_bounds_the_feature_maps_of_a_batch():

@@ -257,15 +257,28 @@ class MiningStep:
         )
 
     def reduce(self, maps):
-        """Per segment: its map (layers side by side), row maxima [batch, h, channels] and maximum
-        [batch, channels]. One read of each map; positions and heatmaps come later, for the maps
-        that may enter a top K only."""
+        """Per segment: its map (layers side by side), row maxima [batch, h, channels], maximum
+        [batch, channels], block means (block_mean) and which maps hold NaN [batch, channels] (None:
+        the maximum is NaN then). Positions and heatmaps come later, for the maps that may enter a
+        top K only.
+
+        Maps larger than their heatmaps (most of the step's reading) take their row maxima from a
+        max-pool over whole rows: the same values as reduce_max over the row, about twice as fast
+        (oneDNN's pooling against a reduction over a middle axis), but it skips NaN and gives
+        -FLT_MAX for a row of NaN and -inf only; NaN is found in the block means instead, which
+        are computed anyway and which NaN reaches."""
         shared = _shared_constants()
         found = []
         for seg in self.segments:
             a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=shared(3))
-            row_max = tf.reduce_max(a, axis=shared(2))
-            found.append((a, row_max, tf.reduce_max(row_max, axis=shared(1))))
+            b, h, w, c = a.shape
+            if seg.scale > 1:
+                row_max = tf.reshape(tf.nn.max_pool2d(a, (1, w), (1, w), "VALID"), shared([b, h, c]))
+                means = block_mean(a, seg.scale)
+                nan = tf.reduce_any(tf.math.is_nan(means), axis=shared([1, 2]))
+            else:
+                row_max, means, nan = tf.reduce_max(a, axis=shared(2)), a, None
+            found.append((a, row_max, tf.reduce_max(row_max, axis=shared(1)), means, nan))
         return found
 
     def _candidates(self, found, kth, invalid):
@@ -288,10 +301,12 @@ class MiningStep:
         optimising, dispatching) than their arithmetic."""
         shared = _shared_constants()
         keys, positions, levels, tops = [], [], [], []
-        for seg, (a, row_max, top), seg_kth in zip(self.segments, found, tf.split(kth[:, None], [s.stop - s.start for s in self.segments])):
+        for seg, (a, row_max, top, means, nan), seg_kth in zip(self.segments, found, tf.split(kth[:, None], [s.stop - s.start for s in self.segments])):
             b, h, w, c = a.shape
             hs, ws = seg.shape
-            top = tf.where(tf.math.is_nan(top) | invalid, shared(-np.inf, top.dtype), top)
+            # a map holding NaN ranks no image; a max-pool gives -FLT_MAX where a map is only NaN and -inf
+            excluded = tf.math.is_nan(top) | invalid if nan is None else nan | (top <= shared(-np.finfo(np.float32).max, top.dtype)) | invalid
+            top = tf.where(excluded, shared(-np.inf, top.dtype), top)
             tops.append(top)
             unit_top = tf.transpose(top)  # [c, batch]
             may_enter = unit_top > seg_kth
@@ -308,7 +323,7 @@ class MiningStep:
             col = tf.argmax(gather(a, image * (h * w * c) + tf.reshape(row, shared([-1, 1])) * (w * c) + channel, w), axis=shared(1))
             positions.append(row * w + col)
             keys.append(tf.reshape((channel + seg.start) * self.batch_size + image, shared([-1])))
-            small = gather(block_mean(a, seg.scale), image * (hs * ws * c) + channel, hs * ws)
+            small = gather(means, image * (hs * ws * c) + channel, hs * ws)
             score = tf.maximum(tf.reshape(tf.gather_nd(unit_top, where), shared([-1, 1])), shared(0, top.dtype))
             level = tf.minimum(tf.maximum(tf.math.divide_no_nan(small, score), shared(0, small.dtype)), shared(1, small.dtype))
             levels.append(tf.cast(tf.round(level * shared(255, small.dtype)), tf.uint8))
