@@ -275,7 +275,9 @@ class MiningStep:
             if seg.scale > 1:
                 row_max = tf.reshape(tf.nn.max_pool2d(a, (1, w), (1, w), "VALID"), shared([b, h, c]))
                 means = block_mean(a, seg.scale)
-                nan = tf.reduce_any(tf.math.is_nan(means), axis=shared([1, 2]))
+                # NaN where the map holds NaN (or both infinities): the mean of its block means (a
+                # pooling op; a reduction over the middle axes costs more than twice as much)
+                nan = tf.math.is_nan(tf.reshape(tf.nn.avg_pool2d(means, seg.shape, seg.shape, "VALID"), shared([b, c])))
             else:
                 row_max, means, nan = tf.reduce_max(a, axis=shared(2)), a, None
             found.append((a, row_max, tf.reduce_max(row_max, axis=shared(1)), means, nan))
