@@ -36,16 +36,10 @@ def normalize_map(channel: np.ndarray) -> tuple[np.ndarray, bool]:
     """The notebook's display normalisation: (x - mean) / std * 64 + 128, clipped to 0..255.
 
     A constant map (a dead channel) has no spread to divide by: it is drawn flat at 128 and
-    reported as dead, instead of the notebook's NaN.
+    reported as dead, instead of the notebook's NaN. Non-finite values count as 0.
     """
-    x = np.asarray(channel, dtype=np.float64)
-    finite = np.isfinite(x)
-    if not finite.all():
-        x = np.where(finite, x, 0.0)
-    if x.size == 0 or x.max() == x.min():
-        return np.full(x.shape, 128, dtype=np.uint8), True
-    x = (x - x.mean()) / x.std() * 64 + 128
-    return np.clip(x, 0, 255).astype(np.uint8), False
+    levels, dead = _channel_levels(np.asarray(channel)[:, :, None])
+    return levels[0], bool(dead[0])
 
 
 @dataclass(frozen=True)
@@ -78,8 +72,8 @@ def tile_scale(height: int, width: int, min_side: int = 48) -> int:
 def feature_grid(maps: np.ndarray, columns: int = 16, min_side: int = 48, gap: int = 2) -> tuple[np.ndarray, GridLayout]:
     """Tile a layer's channels ([h, w, c]) into an RGB image: rows of `columns` tiles, viridis.
 
-    Each channel is normalised on its own (normalize_map); dead channels are drawn flat and
-    crossed out in red.
+    Each channel is normalised on its own (normalize_map's levels, computed for all channels at
+    once: a big layer's grid has hundreds of tiles); dead channels are drawn flat and crossed out in red.
     """
     maps = np.asarray(maps)
     h, w, c = maps.shape
@@ -89,23 +83,39 @@ def feature_grid(maps: np.ndarray, columns: int = 16, min_side: int = 48, gap: i
     rows = math.ceil(c / cols)
     layout_w = gap + cols * (tw + gap)
     layout_h = gap + rows * (th + gap)
+    levels, dead = _channel_levels(maps)  # [c, h, w], [c]
+    tiles = VIRIDIS[levels]  # [c, h, w, 3]
+    if scale > 1:
+        tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    for ch in np.nonzero(dead)[0]:
+        _cross(tiles[ch])
+    # every tile with its gap below and to the right, in rows of `cols` (the last row padded with background)
+    cells = np.empty((rows * cols, th + gap, tw + gap, 3), dtype=np.uint8)
+    cells[:] = GRID_BACKGROUND
+    cells[:c, :th, :tw] = tiles
     canvas = np.empty((layout_h, layout_w, 3), dtype=np.uint8)
     canvas[:] = GRID_BACKGROUND
-    dead = []
-    for ch in range(c):
-        levels, is_dead = normalize_map(maps[:, :, ch])
-        tile = VIRIDIS[levels]
-        if scale > 1:
-            tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
-        if is_dead:
-            dead.append(ch)
-            tile = tile.copy()
-            _cross(tile)
-        r, col = divmod(ch, cols)
-        y0, x0 = gap + r * (th + gap), gap + col * (tw + gap)
-        canvas[y0 : y0 + th, x0 : x0 + tw] = tile
-    layout = GridLayout(c, cols, rows, th, tw, gap, layout_w, layout_h, tuple(dead))
+    canvas[gap:, gap:] = cells.reshape(rows, cols, th + gap, tw + gap, 3).transpose(0, 2, 1, 3, 4).reshape(layout_h - gap, layout_w - gap, 3)
+    layout = GridLayout(c, cols, rows, th, tw, gap, layout_w, layout_h, tuple(int(ch) for ch in np.nonzero(dead)[0]))
     return canvas, layout
+
+
+def _channel_levels(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """normalize_map of every channel of [h, w, c] at once: (levels uint8 [c, h, w], dead bool [c])."""
+    h, w, c = maps.shape
+    x = np.ascontiguousarray(np.moveaxis(np.asarray(maps, dtype=np.float64), 2, 0)).reshape(c, h * w)
+    finite = np.isfinite(x)
+    if not finite.all():
+        x = np.where(finite, x, 0.0)
+    if x.shape[1] == 0:
+        return np.full((c, h, w), 128, dtype=np.uint8), np.ones(c, bool)
+    dead = x.max(axis=1) == x.min(axis=1)
+    mean = x.mean(axis=1, keepdims=True)
+    std = x.std(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        levels = np.clip((x - mean) / std * 64 + 128, 0, 255)
+    levels[dead] = 128
+    return levels.astype(np.uint8).reshape(c, h, w), dead
 
 
 def _cross(tile: np.ndarray) -> None:

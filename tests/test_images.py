@@ -140,6 +140,25 @@ def test_feature_grid_layout_and_tiles():
     assert (canvas[53:, x_end_of_row1:] == GRID_BACKGROUND).all()
 
 
+def test_feature_grid_tiles_are_normalize_map_of_each_channel():
+    """The grid normalises all channels at once: each tile is still normalize_map of its channel
+    (non-finite values, constant channels, scales from a millionth to a million)."""
+    rng = np.random.default_rng(7)
+    maps = (rng.normal(size=(9, 6, 40)) * 10.0 ** rng.uniform(-6, 6, 40)).astype(np.float32)
+    maps[2, 3, 5] = np.nan
+    maps[:, :, 6] = np.inf
+    maps[0, :, 7] = -np.inf
+    maps[:, :, 8] = 3.0
+    canvas, layout = feature_grid(maps, columns=7)
+    scale = tile_scale(9, 6)
+    for ch in range(40):
+        levels, dead = normalize_map(maps[:, :, ch])
+        assert (ch in layout.dead) == dead, ch
+        if not dead:
+            np.testing.assert_array_equal(_tile(canvas, layout, ch), VIRIDIS[levels].repeat(scale, axis=0).repeat(scale, axis=1), err_msg=str(ch))
+    assert layout.dead == (6, 8)
+
+
 def test_feature_grid_dead_channel_is_crossed_in_red():
     maps = np.random.default_rng(1).normal(size=(7, 5, 4)).astype(np.float32)
     maps[:, :, 2] = -1.0
