@@ -33,16 +33,23 @@ class StreamingHistograms:
         """values: [batch, units] per-image maxima. Whole-array operations only, no masks: with 20k
         units a batch is hundreds of thousands of values, and the pass runs this beside every step,
         in a thread that competes with it for the cores."""
-        values = np.asarray(values, dtype=np.float64)
+        values = np.asarray(values)
+        if values.dtype != np.float32:
+            values = values.astype(np.float64)
         if not values.size:
             return
         nonpositive = values.shape[0] - np.count_nonzero(values > 0, axis=0)  # NaN compares False: non-positive
         self.nonpositive += nonpositive
-        self._grow(np.fmax.reduce(values, axis=0))  # NaN ignored
-        # hi is a power of two, so x * (BINS / hi) is x / hi * BINS exactly. Every non-positive value
-        # (NaN, -inf, 0) lands in bin 0 and is taken out of it after the count; +inf in the last bin.
+        self._grow(np.fmax.reduce(values, axis=0).astype(np.float64))  # NaN ignored
+        # hi is a power of two, so x * (BINS / hi) is x / hi * BINS exactly, also in float32 (the
+        # pass's maxima; half the memory traffic) while BINS / hi is a float32 number. Every
+        # non-positive value (NaN, -inf, 0) lands in bin 0 and is taken out of it after the count;
+        # +inf in the last bin.
+        scale = HISTOGRAM_BINS / np.where(self.hi > 0, self.hi, 1.0)
+        if values.dtype == np.float32 and scale.max() <= 2.0**100:
+            scale = scale.astype(np.float32)
         with np.errstate(invalid="ignore", over="ignore"):
-            bins = values * (HISTOGRAM_BINS / np.where(self.hi > 0, self.hi, 1.0))
+            bins = values * scale
         np.floor(bins, out=bins)
         np.fmax(bins, 0, out=bins)
         np.minimum(bins, HISTOGRAM_BINS - 1, out=bins)

@@ -210,7 +210,8 @@ def test_streaming_histogram_growth_is_exact():
     assert h.counts == counts.tolist()
 
 
-def test_streaming_histograms_of_many_units_equal_numpy():
+@pytest.mark.parametrize("tiny", [False, True])
+def test_streaming_histograms_of_many_units_equal_numpy(tiny):
     """Units of very different scales, growing in different batches, NaN, -inf and zeros, an empty
     batch: each unit's counts equal np.histogram over all its values with the final range."""
     from reportgen.stats import HISTOGRAM_BINS, StreamingHistograms
@@ -219,6 +220,9 @@ def test_streaming_histograms_of_many_units_equal_numpy():
     units = 300
     batches = [(rng.normal(0.2, 1, (int(rng.integers(1, 40)), units)) * 10.0 ** rng.uniform(-5, 5, units) * (1 + i)).astype(np.float32)
                for i in range(8)]
+    if tiny:  # units whose every value is below float32's normal numbers: computed in float64
+        for b in batches:
+            b[:, :3] = rng.uniform(0, 1e-38, (len(b), 3))
     for b in batches:
         b[rng.random(b.shape) < 0.05] = np.nan
         b[rng.random(b.shape) < 0.1] = 0
