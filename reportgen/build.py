@@ -34,7 +34,7 @@ class BuildOptions:
     out: Path
     images: list[Path] = field(default_factory=list)
     seed: int = 0
-    batch_size: int | None = None  # images per batch; None: pass_batch_size() chooses (at most 32)
+    batch_size: int | None = None  # images per batch; None: pass_batch_size() chooses (at most 64)
     max_channels: int | None = None
     force: bool = False
     top_k: int = 16
@@ -313,12 +313,12 @@ class PreparedModel:
     batch_size: int  # images per batch: --batch-size, or pass_batch_size()
 
 
-MAX_BATCH = 32
+MAX_BATCH = 64  # against 32: MobileNetV2's whole build 3% faster (half the steps), 80 MB more memory
 MAP_BYTES_PER_BATCH = 1_200_000_000  # the feature maps of a batch the step reads (float32), when --batch-size is not given
 
 
 def pass_batch_size(requested: int | None, traced) -> int:
-    """--batch-size, or 32 images unless their feature maps together pass MAP_BYTES_PER_BATCH: each map
+    """--batch-size, or 64 images unless their feature maps together pass MAP_BYTES_PER_BATCH: each map
     of a batch is held until the step's reductions have read it, so a big network (ResNet50 at 224 px:
     148 MB of maps per image) takes that much more memory than a plain predict. The results do not
     depend on it beyond float rounding (ties go to the earlier image in any batching)."""

@@ -391,7 +391,7 @@ def test_a_map_holding_nan_ranks_no_image(tmp_path, side):
 
 
 def test_default_batch_size_bounds_the_feature_maps_of_a_batch():
-    """Without --batch-size: 32 images, fewer when their maps pass MAP_BYTES_PER_BATCH (each map of a
+    """Without --batch-size: 64 images, fewer when their maps pass MAP_BYTES_PER_BATCH (each map of a
     batch is held until the step has read it); an explicit --batch-size is kept."""
     from types import SimpleNamespace
 
@@ -401,11 +401,11 @@ def test_default_batch_size_bounds_the_feature_maps_of_a_batch():
         return SimpleNamespace(map_layers=[SimpleNamespace(spatial=(h, w), channels=c) for h, w, c in layers])
 
     small = traced((148, 148, 32), (74, 74, 32))  # 4.2 MB of float32 maps per image
-    assert pass_batch_size(None, small) == 32
+    assert pass_batch_size(None, small) == 64
     mid = traced(*[(224, 224, 64)] * 5)  # 64.2 MB per image
     assert pass_batch_size(None, mid) == 18  # 18 x 64.2 MB <= 1.2 GB < 19 x
     huge = traced((1024, 1024, 512))  # 2.1 GB per image: one at a time
     assert pass_batch_size(None, huge) == 1
-    assert pass_batch_size(64, huge) == 64
+    assert pass_batch_size(100, huge) == 100
     resnet_like = traced(*[(56, 56, 256)] * 36)  # 115.6 MB per image
     assert pass_batch_size(None, resnet_like) == 10  # 10 x 115.6 MB <= 1.2 GB < 11 x
