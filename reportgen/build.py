@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +126,18 @@ def _in_dataset(path: Path, dataset: Dataset) -> tuple[str, str | None]:
     return rel.as_posix(), label
 
 
+def _chosen_indices(opts: BuildOptions, dataset: Dataset, picked) -> list[int | None]:
+    """Each chosen image's index in the dataset (None: not one of its images)."""
+    index_of = {r.rel: r.index for r in dataset.records}
+    if not opts.images:
+        return [index_of.get(shown) for shown, _, _ in picked]
+    found = []
+    for path in opts.images:
+        i = index_of.get(_in_dataset(path, dataset)[0])
+        found.append(i if i is not None and Path(dataset.records[i].path).resolve() == Path(path).resolve() else None)
+    return found
+
+
 def choose_images(opts: BuildOptions, dataset: Dataset, spec, resizer=None) -> list[tuple[str, str | None, np.ndarray]]:
     """(shown path, class or None, pixels) of each image drawn through the network."""
     chosen = []
@@ -230,8 +242,12 @@ def gather(opts: BuildOptions) -> ReportData:
     picked = choose_images(opts, dataset, traced.spec, resizer(traced.spec))
     pixels = np.stack([p for _, _, p in picked])
     labels = np.array([dataset.class_indices.get(label, -1) if label else -1 for _, label, _ in picked])
+    chosen_index = _chosen_indices(opts, dataset, picked)
+    from_pass = cams is not None and not opts.partials and opts.engine != "ray" and None not in chosen_index
+    if from_pass:  # the pass computes every image's class activation maps: it keeps the chosen images' too
+        cams = replace(cams, keep=frozenset(chosen_index))
     try:  # the chosen images go first: a model that cannot run at all fails here
-        scores, maps, chosen_cams = run_chosen(traced, pixels, labels, cams, preprocessing)
+        scores, maps, chosen_cams = run_chosen(traced, pixels, labels, None if from_pass else cams, preprocessing)
     except (KeyboardInterrupt, MemoryError):
         raise
     except Exception as exc:
@@ -258,7 +274,7 @@ def gather(opts: BuildOptions) -> ReportData:
         for i, (shown, label, _) in enumerate(picked)
     ]
     explained = None if opts.summary_only else explain(opts, traced, dataset, scan, preprocessing, picked, pixels, scores, mode, prepared.batch_size,
-                                                       chosen_cams)
+                                                       chosen_cams, chosen_index if from_pass else None)
     spec = traced.spec
     fields = receptive_fields(traced.info.nodes, (spec.height, spec.width))
 
@@ -465,10 +481,11 @@ def _in_memory(model):
 
 
 def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, picked, pixels, scores, mode: str, batch_size: int,
-            chosen_cams=None):
+            chosen_cams=None, chosen_index=None):
     """Mistakes, class activation maps and (with --relevance) the relevance pass; None without labels.
 
-    The shown images' maps come from the pass (scan.cams) and the chosen images' from their forward
+    The shown images' maps come from the pass (scan.cams), and so do the chosen images' when they are
+    dataset images the pass kept (chosen_index: their dataset indices), else from their forward
     (chosen_cams: (float [n, 2, h, w], their classes [n, 2])); any missing, or for other classes than
     the host's, from a second read of those images (explain.CamStep). Shown images no top K holds
     are read again for their thumbnails."""
@@ -503,14 +520,21 @@ def explain(opts: BuildOptions, traced, dataset: Dataset, scan, preprocessing, p
     # the chosen images: their predicted class, and their class folder's when they have one
     chosen_pred = predicted_classes(scores, mode, traced.info.head.logits)
     chosen_targets = [(int(p), dataset.class_indices.get(label, int(p)) if label else int(p)) for p, (_, label, _) in zip(chosen_pred, picked)]
-    if chosen_cams is not None and np.array_equal(chosen_cams[1], np.array(chosen_targets, np.int32).reshape(-1, 2)):
-        found_chosen = chosen_cams[0]
-    else:
-        found_chosen = (step or CamStep(traced, layer, preprocessing, binary))(pixels, np.array(chosen_targets))
+    chosen_levels = None
+    if chosen_index is not None and all(i in scan.cams for i in chosen_index):
+        # kept by the pass for its own classes: used where they are these (a float tie could part them)
+        passed = [(int(predictions.predicted[i]), int(predictions.labels[i]) if predictions.labels[i] >= 0 else int(predictions.predicted[i]))
+                  for i in chosen_index]
+        if passed == chosen_targets:
+            chosen_levels = [scan.cams[i] for i in chosen_index]
+    if chosen_levels is None and chosen_cams is not None and np.array_equal(chosen_cams[1], np.array(chosen_targets, np.int32).reshape(-1, 2)):
+        chosen_levels = list(quantise_cams(chosen_cams[0]))
+    if chosen_levels is None:
+        chosen_levels = list(quantise_cams((step or CamStep(traced, layer, preprocessing, binary))(pixels, np.array(chosen_targets))))
     relevance = None
     if opts.relevance:
         relevance = relevance_pass(traced, dataset, predictions, top_k=opts.top_k, batch_size=batch_size,
                                    preprocessing=preprocessing, binary=binary, quiet=opts.quiet)
     return Explained(cam_layer=layer.name, galleries=galleries, predictions=predictions, cams=cams,
-                     targets=targets, thumbnails=thumbnails, chosen_cams=list(quantise_cams(found_chosen)),
+                     targets=targets, thumbnails=thumbnails, chosen_cams=chosen_levels,
                      chosen_targets=chosen_targets, relevance=relevance)

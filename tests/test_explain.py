@@ -4,6 +4,7 @@ gradients computed here, galleries of mistakes against the model's own predictio
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,7 +127,8 @@ def test_an_image_no_gallery_of_a_part_shows_is_in_no_gallery_of_the_whole():
 
 def test_maps_the_pass_did_not_keep_come_from_a_second_read(tmp_path, monkeypatch):
     """Without the pass's maps (as for an image whose classes the graph and the host did not agree
-    on), the pages of mistakes and the chosen image get them from CamStep: the same maps."""
+    on), the pages of mistakes and the chosen image get them from CamStep: the same maps as the
+    pass's."""
     from reportgen import build
     from reportgen.build import BuildOptions
 
@@ -134,7 +136,22 @@ def test_maps_the_pass_did_not_keep_come_from_a_second_read(tmp_path, monkeypatc
     probs.save(tmp_path / "m.keras")
     badfiles.make_dataset(tmp_path / "data", {"a": 6, "b": 5, "c": 5})
     opts = BuildOptions(model=tmp_path / "m.keras", data=tmp_path / "data", out=tmp_path / "site", quiet=True, batch_size=4, max_gallery=3)
-    found = build.gather(opts).explained
+    data = build.gather(opts)
+    found = data.explained
+    # the chosen image (a dataset image) has its maps from the pass too, though no gallery shows it
+    chosen = {r.rel: r.index for r in data.dataset.records}[data.chosen[0].path]
+    np.testing.assert_array_equal(found.chosen_cams[0], data.scan.cams[chosen])
+    # the same image named by --image: inside the dataset, from the pass; a copy outside it, from its own forward
+    import dataclasses
+    import shutil
+
+    shutil.copy(data.dataset.records[chosen].path, tmp_path / "outside.png")
+    inside = build.gather(dataclasses.replace(opts, images=[Path(data.dataset.records[chosen].path)])).explained
+    outside = build.gather(dataclasses.replace(opts, images=[tmp_path / "outside.png"])).explained
+    np.testing.assert_array_equal(inside.chosen_cams[0], found.chosen_cams[0])
+    assert inside.chosen_targets == found.chosen_targets
+    assert outside.chosen_targets[0][0] == inside.chosen_targets[0][0]  # outside the class folders: no true class
+    assert np.abs(outside.chosen_cams[0][0].astype(int) - inside.chosen_cams[0][0].astype(int)).max() <= 1  # the predicted class's
     monkeypatch.setattr(build, "cam_request", lambda *a: None)
     read = build.gather(opts).explained
     assert sorted(found.cams) == sorted(read.cams) and found.targets == read.targets and len(found.cams) >= 8

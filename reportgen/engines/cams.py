@@ -44,12 +44,14 @@ def cam_layer(traced: TracedModel, name: str | None = None) -> LayerNode:
 @dataclass(frozen=True)
 class CamRequest:
     """Grad-CAMs of every image the pass reads, for (its predicted class, its true class), at `layer`;
-    kept for the images a gallery of at most `cap` images per confusion cell may show."""
+    kept for the images a gallery of at most `cap` images per confusion cell may show, and for `keep`
+    (the chosen images' dataset indices: the index page shows their maps)."""
 
     layer: str
     binary: bool  # one sigmoid output: two classes
     logits: bool  # the model's output is logits (class 1 where it is > 0, not > 0.5)
     cap: int
+    keep: frozenset = frozenset()
 
 
 def class_scores(logits, classes, binary: bool):

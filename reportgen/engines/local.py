@@ -114,7 +114,7 @@ def mine(
         only pushes an image further down its galleries."""
         nonlocal cams_limit
         columns = {name: np.concatenate([p[name] for p in per_image]) for name in ("images", "labels", "predicted", "confidence", "true_score")}
-        wanted = set(gallery_images(columns, len(dataset.classes), miner.cams.cap).tolist())
+        wanted = set(gallery_images(columns, len(dataset.classes), miner.cams.cap).tolist()) | miner.cams.keep
         for image in [i for i in kept_cams if i not in wanted]:
             del kept_cams[image]
         cams_limit = max(CAMS_KEPT, 2 * len(kept_cams))
