@@ -1,7 +1,7 @@
 """Pure image functions: arrays in, arrays (or encoded bytes) out. No files, no TensorFlow, no pyplot.
 
     normalize_map(map)            the per-channel display normalisation, safe on dead channels
-    feature_grid(maps)            all channels of a layer tiled in rows, with its layout
+    feature_grid(maps)            all channels of a layer tiled in rows (an indexed image), with its layout
     heat_levels(maps)             heatmaps as grey levels for a multiply blend over the image
     make_thumbnail(pixels)        an image as decoded, small, encoded once
     thumbnail_sheet(thumbs)       many thumbnails in one picture (one file for many galleries)
@@ -30,6 +30,21 @@ def _lut(name: str) -> np.ndarray:
 VIRIDIS = _lut("viridis")
 DEAD_MARK = np.array([230, 40, 40], dtype=np.uint8)
 GRID_BACKGROUND = np.array([255, 255, 255], dtype=np.uint8)
+
+
+def _grid_palette() -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Feature grids are indexed images: one byte a pixel instead of three (a third of the pixels
+    to draw and compress). Their colours fit in one PNG palette exactly: viridis rounded to bytes
+    has 254 distinct colours (two pairs of neighbouring levels round alike), plus the dead mark and
+    the background. Returns (palette [n, 3], palette index of each level [256], dead mark, background)."""
+    colours, level_index = np.unique(VIRIDIS, axis=0, return_inverse=True)
+    palette = np.concatenate([colours, DEAD_MARK[None], GRID_BACKGROUND[None]]).astype(np.uint8)
+    if len(palette) > 256:
+        raise AssertionError(f"the feature grids' {len(palette)} colours do not fit in a PNG palette")
+    return palette, level_index.reshape(-1).astype(np.uint8), len(colours), len(colours) + 1
+
+
+GRID_PALETTE, _GRID_LEVEL, _GRID_DEAD, _GRID_BACKGROUND = _grid_palette()
 
 
 def normalize_map(channel: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -70,7 +85,8 @@ def tile_scale(height: int, width: int, min_side: int = 48) -> int:
 
 
 def feature_grid(maps: np.ndarray, columns: int = 16, min_side: int = 48, gap: int = 2) -> tuple[np.ndarray, GridLayout]:
-    """Tile a layer's channels ([h, w, c]) into an RGB image: rows of `columns` tiles, viridis.
+    """Tile a layer's channels ([h, w, c]) into an image: rows of `columns` tiles, viridis. The image
+    is indexed (uint8 [height, width]; its colours are GRID_PALETTE[image]: encode_png(image, palette=GRID_PALETTE)).
 
     Each channel is normalised on its own (normalize_map's levels, computed for all channels at
     once: a big layer's grid has hundreds of tiles); dead channels are drawn flat and crossed out in red.
@@ -84,18 +100,16 @@ def feature_grid(maps: np.ndarray, columns: int = 16, min_side: int = 48, gap: i
     layout_w = gap + cols * (tw + gap)
     layout_h = gap + rows * (th + gap)
     levels, dead = _channel_levels(maps)  # [c, h, w], [c]
-    tiles = VIRIDIS[levels]  # [c, h, w, 3]
+    tiles = _GRID_LEVEL[levels]  # [c, h, w] palette indices
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     for ch in np.nonzero(dead)[0]:
-        _cross(tiles[ch])
+        _cross(tiles[ch], _GRID_DEAD)
     # every tile with its gap below and to the right, in rows of `cols` (the last row padded with background)
-    cells = np.empty((rows * cols, th + gap, tw + gap, 3), dtype=np.uint8)
-    cells[:] = GRID_BACKGROUND
+    cells = np.full((rows * cols, th + gap, tw + gap), _GRID_BACKGROUND, dtype=np.uint8)
     cells[:c, :th, :tw] = tiles
-    canvas = np.empty((layout_h, layout_w, 3), dtype=np.uint8)
-    canvas[:] = GRID_BACKGROUND
-    canvas[gap:, gap:] = cells.reshape(rows, cols, th + gap, tw + gap, 3).transpose(0, 2, 1, 3, 4).reshape(layout_h - gap, layout_w - gap, 3)
+    canvas = np.full((layout_h, layout_w), _GRID_BACKGROUND, dtype=np.uint8)
+    canvas[gap:, gap:] = cells.reshape(rows, cols, th + gap, tw + gap).transpose(0, 2, 1, 3).reshape(layout_h - gap, layout_w - gap)
     layout = GridLayout(c, cols, rows, th, tw, gap, layout_w, layout_h, tuple(int(ch) for ch in np.nonzero(dead)[0]))
     return canvas, layout
 
@@ -118,16 +132,16 @@ def _channel_levels(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return levels.astype(np.uint8).reshape(c, h, w), dead
 
 
-def _cross(tile: np.ndarray) -> None:
-    """Mark a dead channel's tile: a red border and diagonals."""
+def _cross(tile: np.ndarray, mark) -> None:
+    """Mark a dead channel's tile with `mark`: a border and diagonals."""
     h, w = tile.shape[:2]
     t = max(1, min(h, w) // 24)
-    tile[:t], tile[-t:], tile[:, :t], tile[:, -t:] = DEAD_MARK, DEAD_MARK, DEAD_MARK, DEAD_MARK
+    tile[:t], tile[-t:], tile[:, :t], tile[:, -t:] = mark, mark, mark, mark
     n = max(h, w)
     for i in range(n):
         y, x = i * h // n, i * w // n
-        tile[y, max(0, x - t + 1) : x + t] = DEAD_MARK
-        tile[y, max(0, w - 1 - x - t + 1) : w - x + t - 1] = DEAD_MARK
+        tile[y, max(0, x - t + 1) : x + t] = mark
+        tile[y, max(0, w - 1 - x - t + 1) : w - x + t - 1] = mark
 
 
 def heat_levels(maps: np.ndarray, floor: int = 80) -> np.ndarray:
@@ -183,11 +197,17 @@ def as_rgb(pixels: np.ndarray) -> np.ndarray:
     return pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
 
 
-def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+def encode_png(image: np.ndarray, compress_level: int = 6, palette: np.ndarray | None = None) -> bytes:
     """compress_level 1 for pictures rewritten often (feature grids: every training-callback snapshot):
-    several times faster to encode, a few percent larger."""
+    several times faster to encode, a few percent larger. palette: [n <= 256, 3] colours of an indexed
+    image (uint8 [h, w] of indices)."""
     buf = io.BytesIO()
-    Image.fromarray(as_rgb(np.asarray(image, dtype=np.uint8))).save(buf, format="PNG", optimize=False, compress_level=compress_level)
+    if palette is None:
+        picture = Image.fromarray(as_rgb(np.asarray(image, dtype=np.uint8)))
+    else:
+        picture = Image.fromarray(np.asarray(image, dtype=np.uint8))  # "L": putpalette makes it "P"
+        picture.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())
+    picture.save(buf, format="PNG", optimize=False, compress_level=compress_level)
     return buf.getvalue()
 
 

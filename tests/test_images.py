@@ -13,6 +13,7 @@ from PIL import Image
 from reportgen.images import (
     DEAD_MARK,
     GRID_BACKGROUND,
+    GRID_PALETTE,
     VIRIDIS,
     content_name,
     encode_png,
@@ -97,6 +98,12 @@ def test_non_finite_values_give_no_nan_and_no_warning():
 # --------------------------------------------------------------------------- feature_grid
 
 
+def _drawn(grid: np.ndarray) -> np.ndarray:
+    """The colours a browser shows for a feature grid: its PNG (indexed, as the site writes it) decoded to RGB."""
+    assert grid.ndim == 2 and grid.dtype == np.uint8
+    return np.asarray(Image.open(io.BytesIO(encode_png(grid, compress_level=1, palette=GRID_PALETTE))).convert("RGB"))
+
+
 def _tile(canvas, layout, ch):
     x0, y0, x1, y1 = layout.tile_box(ch)
     return canvas[y0:y1, x0:x1]
@@ -113,14 +120,15 @@ def test_feature_grid_layout_and_tiles():
     rng = np.random.default_rng(0)
     maps = rng.normal(size=(7, 5, 20)).astype(np.float32)
     maps[:, :, 3] = 0.25  # dead
-    canvas, layout = feature_grid(maps)  # columns=16, min_side=48, gap=2
+    grid, layout = feature_grid(maps)  # columns=16, min_side=48, gap=2
+    canvas = _drawn(grid)
     # scale = ceil(48 / max(7, 5)) = 7 -> tiles 49 x 35; 20 channels in rows of 16 -> 2 rows
     assert tile_scale(7, 5) == 7
     assert (layout.channels, layout.columns, layout.rows) == (20, 16, 2)
     assert (layout.tile_height, layout.tile_width, layout.gap) == (49, 35, 2)
     # width = 2 + 16 * (35 + 2) = 594; height = 2 + 2 * (49 + 2) = 104
     assert (layout.width, layout.height) == (594, 104)
-    assert canvas.shape == (104, 594, 3) and canvas.dtype == np.uint8
+    assert grid.shape == (104, 594) and canvas.shape == (104, 594, 3)
     assert layout.dead == (3,)
     # channel 0 at the top left, channel 15 ends the first row, channel 17 is row 1, column 1
     assert layout.tile_box(0) == (2, 2, 37, 51)
@@ -149,7 +157,8 @@ def test_feature_grid_tiles_are_normalize_map_of_each_channel():
     maps[:, :, 6] = np.inf
     maps[0, :, 7] = -np.inf
     maps[:, :, 8] = 3.0
-    canvas, layout = feature_grid(maps, columns=7)
+    grid, layout = feature_grid(maps, columns=7)
+    canvas = _drawn(grid)
     scale = tile_scale(9, 6)
     for ch in range(40):
         levels, dead = normalize_map(maps[:, :, ch])
@@ -159,10 +168,26 @@ def test_feature_grid_tiles_are_normalize_map_of_each_channel():
     assert layout.dead == (6, 8)
 
 
+def test_feature_grid_draws_every_level_in_its_exact_viridis_colour():
+    """The grid is an indexed PNG (viridis has 254 distinct byte colours, plus the dead mark and the
+    background): every one of the 256 levels still shows exactly VIRIDIS[level]."""
+    maps = np.random.default_rng(3).normal(size=(256, 256, 2)).astype(np.float32)
+    maps[:, :, 1] = 5.0  # dead: the mark and the flat level in the same picture
+    grid, layout = feature_grid(maps)
+    levels, _ = normalize_map(maps[:, :, 0])
+    assert len(np.unique(levels)) == 256
+    canvas = _drawn(grid)
+    np.testing.assert_array_equal(_tile(canvas, layout, 0), VIRIDIS[levels])
+    assert (canvas[:2] == GRID_BACKGROUND).all()
+    assert (_tile(canvas, layout, 1) == DEAD_MARK).all(axis=-1).any()
+    assert len(GRID_PALETTE) <= 256
+
+
 def test_feature_grid_dead_channel_is_crossed_in_red():
     maps = np.random.default_rng(1).normal(size=(7, 5, 4)).astype(np.float32)
     maps[:, :, 2] = -1.0
-    canvas, layout = feature_grid(maps)
+    grid, layout = feature_grid(maps)
+    canvas = _drawn(grid)
     assert layout.dead == (2,)
     tile = _tile(canvas, layout, 2)
     red = (tile == DEAD_MARK).all(axis=-1)
@@ -189,18 +214,21 @@ def test_feature_grid_dead_channel_is_crossed_in_red():
 def test_feature_grid_small_and_large_maps():
     # a 3 x 3 map: scale ceil(48 / 3) = 16 -> 48 x 48 tiles; 3 channels -> a single row of 3
     maps = np.random.default_rng(2).normal(size=(3, 3, 3)).astype(np.float32)
-    canvas, layout = feature_grid(maps)
+    grid, layout = feature_grid(maps)
+    canvas = _drawn(grid)
     assert (layout.columns, layout.rows, layout.tile_height, layout.tile_width) == (3, 1, 48, 48)
     assert canvas.shape == (2 + 50, 2 + 3 * 50, 3)
     for ch in range(3):
         np.testing.assert_array_equal(_tile(canvas, layout, ch), _expected_tile(maps[:, :, ch], 16))
     # a non-square map keeps its height and width: 6 x 4 -> scale 8 -> 48 x 32
-    canvas, layout = feature_grid(np.random.default_rng(4).normal(size=(6, 4, 5)).astype(np.float32), columns=2)
+    grid, layout = feature_grid(np.random.default_rng(4).normal(size=(6, 4, 5)).astype(np.float32), columns=2)
+    canvas = _drawn(grid)
     assert (layout.columns, layout.rows, layout.tile_height, layout.tile_width) == (2, 3, 48, 32)
     assert layout.tile_box(4) == (2, 2 + 2 * 50, 34, 2 + 2 * 50 + 48)
     # a map larger than min_side is not scaled
     big = np.random.default_rng(5).normal(size=(64, 50, 2)).astype(np.float32)
-    canvas, layout = feature_grid(big)
+    grid, layout = feature_grid(big)
+    canvas = _drawn(grid)
     assert (layout.tile_height, layout.tile_width) == (64, 50)
     np.testing.assert_array_equal(_tile(canvas, layout, 1), _expected_tile(big[:, :, 1], 1))
 

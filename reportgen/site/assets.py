@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reportgen.images import encode_jpeg, encode_png, feature_grid, heat_atlas, thumbnail_sheet
+from reportgen.images import GRID_PALETTE, encode_jpeg, encode_png, feature_grid, heat_atlas, thumbnail_sheet
 from reportgen.report import LayerUnits
 from reportgen.site.names import content_path, slug
 
@@ -156,7 +156,7 @@ class DrawnGrid:
 def draw_feature_grid(maps: np.ndarray, shown: int) -> DrawnGrid:
     grid, layout = feature_grid(maps[:, :, :shown])
     # level 1: the grids are rewritten at every training-callback snapshot; several times faster, a few % larger
-    return DrawnGrid(encode_png(grid, compress_level=1), layout, shown, float(np.mean(maps == 0)) if maps.size else 0.0)
+    return DrawnGrid(encode_png(grid, compress_level=1, palette=GRID_PALETTE), layout, shown, float(np.mean(maps == 0)) if maps.size else 0.0)
 
 
 def drawn_ahead(jobs, threads: int = 2, depth: int = 4):

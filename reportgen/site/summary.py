@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reportgen.images import encode_png, encode_thumbnail, feature_grid
+from reportgen.images import GRID_PALETTE, encode_png, encode_thumbnail, feature_grid
 
 SUMMARY_LAYERS = 24
 SUMMARY_CHANNELS = 8
@@ -89,7 +89,7 @@ def feature_maps(data) -> list[dict]:
         maps = image.maps[node.name][:, :, :SUMMARY_CHANNELS]
         grid, layout = feature_grid(maps, columns=SUMMARY_CHANNELS)
         out.append({"name": node.name, "type": node.type, "shape": node.output_shape, "shown": maps.shape[-1],
-                    "uri": data_uri(encode_png(grid), "png"), "width": layout.width, "height": layout.height})
+                    "uri": data_uri(encode_png(grid, palette=GRID_PALETTE), "png"), "width": layout.width, "height": layout.height})
     return out
 
 
