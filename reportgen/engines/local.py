@@ -119,8 +119,8 @@ def mine(
             del kept_cams[image]
         cams_limit = max(CAMS_KEPT, 2 * len(kept_cams))
 
-    def update_stats(preds, maxima, losses, entered, fresh, found_cams, indices, batch_labels, pixels) -> None:
-        histograms.update(maxima.numpy())
+    def update_stats(step, preds, maxima, losses, entered, fresh, found_cams, indices, batch_labels, pixels) -> None:
+        histograms.update(step.with_derived_maxima(maxima.numpy()))
         rows, picked, levels = fresh
         heat.update(rows.numpy(), picked.numpy(), [t.numpy() for t in levels])
         for b in np.nonzero(entered.numpy()[: len(indices)])[0] if encode else ():
@@ -159,6 +159,12 @@ def mine(
                 ids = np.concatenate([ids, np.full(size - n, -1, ids.dtype)])
                 labels = np.concatenate([labels, np.full(size - n, -1, labels.dtype)])
             try:
+                if not started and miner.derived_maxima is not None:
+                    # the step traced first (Python: the GIL), its first run (optimising and running
+                    # the graph, without the GIL) leaves the helper thread time to trace the derived
+                    # layers' maxima meanwhile
+                    miner.step.get_concrete_function()
+                    stats.submit(miner.derived_maxima.get_concrete_function)
                 out = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), tf.constant(labels, tf.int32), state)
             except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
                 if size == 1:
@@ -190,7 +196,7 @@ def mine(
                 for (preds, maxima, losses, entered, fresh, found_cams, _), n in run(part_pixels, part_ids, part_labels):
                     if pending is not None:
                         pending.result()
-                    pending = stats.submit(update_stats, preds[:n], maxima[:n], losses[:n], entered, fresh, found_cams,
+                    pending = stats.submit(update_stats, miner, preds[:n], maxima[:n], losses[:n], entered, fresh, found_cams,
                                            part_ids[done : done + n], part_labels[done : done + n], part_pixels[done : done + n])
                     done += n
                     seen += n

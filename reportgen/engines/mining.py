@@ -16,8 +16,9 @@ optimising, dispatching) than their arithmetic.
 
 Layers that rank images as an earlier layer does (model/ranking.py: BatchNormalization with
 positive scales, ReLU, ...) are not tapped nor reduced: only their per-image maxima are computed,
-by their own layers from the earlier layer's maxima, for their histograms; their units take that
-layer's top K when the pass ends (partial.finish). Reducing fewer maps is most of what it saves.
+by their own layers from the earlier layer's maxima, for their histograms (in a function of their
+own, `derived_maxima`, which the pass runs beside the step); their units take that layer's top K
+when the pass ends (partial.finish). Reducing fewer maps is most of what it saves.
 
 Heatmaps: the unit's map on that image, averaged over whole blocks to at most `heat_side` a side
 (block_mean), stored as uint8 of map / (the entry's own score); the pass rescales them to the unit's
@@ -185,6 +186,10 @@ class MiningStep:
         else:
             self.tap = traced.tap
         self.batch_size = batch_size
+        # Not in the step: in MobileNetV2 their ~1,600 small ops (BatchNormalization's, activations')
+        # were a third of the step's tracing and optimising, all before its first batch ran.
+        self.derived_maxima = tf.function(self._derived_maxima, input_signature=[tf.TensorSpec([None, self.units], tf.float32)],
+                                          autograph=False) if self.derived else None
         spec = traced.spec
         table = [tf.TensorSpec([self.units + len(self.probe_slots), k], dtype) for dtype in (tf.float32, tf.int32, tf.int32)]
         # One static shape (short batches are padded): traced once, and every shape is known in the graph.
@@ -229,6 +234,12 @@ class MiningStep:
         out[self.column_units] = rows
         return out
 
+    def with_derived_maxima(self, batch_max: np.ndarray) -> np.ndarray:
+        """The step's maxima [n, table units] -> [n, columns]: with the derived layers' after them."""
+        if self.derived_maxima is None:
+            return batch_max
+        return np.concatenate([batch_max, self.derived_maxima(tf.constant(batch_max)).numpy()], axis=1)
+
     def _derived_maxima(self, batch_max):
         """[batch, derived units]: the derived layers' per-image maxima, their layers applied to their
         first layer's maxima ([batch, 1, 1, channels]: max over positions of f(x) is f(max x)); -inf
@@ -240,9 +251,9 @@ class MiningStep:
             if first not in chains:
                 lo = self.table_row[first]
                 x = batch_max[:, lo : lo + node.channels]
-                chains[first] = ({first: tf.reshape(x, [self.batch_size, 1, 1, node.channels])}, tf.equal(x, -np.inf))
+                chains[first] = ({first: tf.reshape(x, [-1, 1, 1, node.channels])}, tf.equal(x, -np.inf))
             values, empty = chains[first]
-            y = tf.cast(tf.reshape(apply_chain(self.traced, node.name, values, first), [self.batch_size, node.channels]), tf.float32)
+            y = tf.cast(tf.reshape(apply_chain(self.traced, node.name, values, first), [-1, node.channels]), tf.float32)
             out.append(tf.where(empty, tf.constant(-np.inf, y.dtype), y))
         return tf.concat(out, axis=1)
 
@@ -375,8 +386,6 @@ class MiningStep:
         heat = (rows, rows_picked, levels)  # for HeatTable.update
         entered = tf.math.bincount(tf.boolean_mask(picked, picked >= self.k) - self.k, minlength=self.batch_size, maxlength=self.batch_size) > 0
         losses = self.loss(labels, preds) if self.loss is not None and self.loss.enabled else tf.zeros(tf.shape(ids), tf.float32)
-        if self.derived:
-            batch_max = tf.concat([batch_max, self._derived_maxima(batch_max)], axis=1)  # [batch, every unit]: columns
         return preds, batch_max, losses, entered, heat, tuple(found_cams), table
 
 
