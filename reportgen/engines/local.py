@@ -163,7 +163,7 @@ def mine(
                     # the step traced first (Python: the GIL), its first run (optimising and running
                     # the graph, without the GIL) leaves the helper thread time to trace the derived
                     # layers' maxima meanwhile
-                    miner.step.get_concrete_function()
+                    miner.trace()
                     stats.submit(miner.derived_maxima.get_concrete_function)
                 out = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), tf.constant(labels, tf.int32), state)
             except (tf.errors.ResourceExhaustedError, MemoryError) as exc:

@@ -193,7 +193,7 @@ class MiningStep:
         spec = traced.spec
         table = [tf.TensorSpec([self.units + len(self.probe_slots), k], dtype) for dtype in (tf.float32, tf.int32, tf.int32)]
         # One static shape (short batches are padded): traced once, and every shape is known in the graph.
-        self.step = tf.function(
+        self.step = self._step_function = tf.function(
             self._step,
             input_signature=[
                 tf.TensorSpec([batch_size, spec.height, spec.width, spec.channels], pixel_dtype(traced)),
@@ -203,6 +203,10 @@ class MiningStep:
             ],
             autograph=False,  # the Python loops over segments are meant to unroll at tracing; converting them costs seconds
         )
+
+    def trace(self) -> None:
+        """Trace the step now (Python, holding the GIL): its first run then only optimises and runs the graph."""
+        self._step_function.get_concrete_function()
 
     def _segments(self) -> list[_Segment]:
         groups: dict[tuple, list[int]] = {}
@@ -324,8 +328,12 @@ class MiningStep:
             unit_top = tf.transpose(top)  # [c, batch]
             may_enter = unit_top > seg_kth
             if self.k < self.batch_size:  # at most K of a batch enter a unit's top K: its K best (ties kept)
-                batch_kth = tf.reduce_min(tf.math.top_k(unit_top, k=self.k).values, axis=shared(1), keepdims=True)
-                may_enter &= unit_top >= batch_kth
+                # found only for the units with more than K maps above their K-th value (the first
+                # batches'): for the others those maps are already among the batch's K best
+                over = tf.where(tf.reduce_sum(tf.cast(may_enter, tf.int32), axis=shared(1)) > shared(self.k))  # [u, 1]
+                over_kth = tf.reduce_min(tf.math.top_k(tf.gather_nd(unit_top, over), k=self.k).values, axis=shared(1))
+                batch_kth = tf.tensor_scatter_nd_update(tf.fill(shared([c]), shared(-np.inf, top.dtype)), over, over_kth)
+                may_enter &= unit_top >= batch_kth[:, None]
             where = tf.where(may_enter)  # [m, 2]: (channel, image), row-major
             channel, image = tf.split(where, 2, axis=shared(1))  # [m, 1] each
 
