@@ -109,7 +109,8 @@ class HeatAtlases:
                 fresh.append(ch)
         for start in range(0, len(fresh), ATLAS_UNITS):
             block = fresh[start : start + ATLAS_UNITS]
-            data = encode_png(heat_atlas(heat[block]))
+            # level 1: half the time of the default level, 7% larger (MobileNetV2's atlases: 0.99 -> 0.45 s, 10.4 -> 11.1 MB)
+            data = encode_png(heat_atlas(heat[block]), compress_level=1)
             path = self.site.write(content_path("heat", data, "png", slug(units.layer)), data)
             for row, ch in enumerate(block):
                 self.seen[digests[ch]] = (path, row, len(block))
