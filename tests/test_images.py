@@ -98,6 +98,12 @@ def test_non_finite_values_give_no_nan_and_no_warning():
 # --------------------------------------------------------------------------- feature_grid
 
 
+def test_viridis_is_matplotlibs():
+    from matplotlib import colormaps
+
+    np.testing.assert_array_equal(VIRIDIS, np.round(colormaps["viridis"](np.arange(256))[:, :3] * 255).astype(np.uint8))
+
+
 def _drawn(grid: np.ndarray) -> np.ndarray:
     """The colours a browser shows for a feature grid: its PNG (indexed, as the site writes it) decoded to RGB."""
     assert grid.ndim == 2 and grid.dtype == np.uint8
