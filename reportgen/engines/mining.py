@@ -186,7 +186,7 @@ class MiningStep:
         else:
             self.tap = traced.tap
         self.batch_size = batch_size
-        # Not in the step: in MobileNetV2 their ~1,600 small ops (BatchNormalization's, activations')
+        # Not in the step: in MobileNetV2 their ~1,400 small ops (BatchNormalization's, activations')
         # were a third of the step's tracing and optimising, all before its first batch ran.
         self.derived_maxima = tf.function(self._derived_maxima, input_signature=[tf.TensorSpec([None, self.units], tf.float32)],
                                           autograph=False) if self.derived else None
