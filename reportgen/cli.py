@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -180,11 +181,30 @@ def _quiet_fd2():
 
 
 def _load_tensorflow_quietly() -> None:
+    fresh = "tensorflow" not in sys.modules  # else main() runs in a process that has it already
     try:
-        with _quiet_fd2():
+        with _quiet_fd2(), _garbage_collector_paused() if fresh else contextlib.nullcontext():
             import reportgen.model.tf  # noqa: F401
     except ImportError:
         pass  # build.py says what to install
+
+
+@contextlib.contextmanager
+def _garbage_collector_paused():
+    """TensorFlow and Keras import ~700,000 objects that live as long as the process, and each of
+    the half-dozen full collections during the import walks all of them (~1 s of the command's
+    start, the same again in later collections). So the command imports with the collector paused,
+    then moves what the import made out of every later collection (gc.freeze); garbage made after
+    that is collected as usual. Only the command does this: `import reportgen` leaves the
+    collector alone."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def _log_to_mlflow(result) -> None:

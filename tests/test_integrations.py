@@ -22,11 +22,12 @@ print(json.dumps(sorted(k for k in set(os.environ) | set(before) if os.environ.g
 """
 
 CLEAN_IMPORT = r"""
-import json, logging, os, sys
+import gc, json, logging, os, sys
 def state():
     root = logging.getLogger()
     return {"env": dict(os.environ), "fd2": os.fstat(2).st_ino, "handlers": [type(h).__name__ for h in root.handlers],
-            "level": root.level, "loggers": sorted(logging.root.manager.loggerDict)}
+            "level": root.level, "loggers": sorted(logging.root.manager.loggerDict),
+            "gc": [gc.isenabled(), gc.get_freeze_count(), gc.get_threshold()]}
 before = state()
 import reportgen
 from reportgen import build_report
@@ -35,6 +36,7 @@ import reportgen.model.tf  # what building a report loads: TensorFlow and Keras
 after_tf = state()
 print(json.dumps({"import": after_import == before, "env_tf": after_tf["env"] == before["env"], "fd2": after_tf["fd2"] == before["fd2"],
                   "handlers": after_tf["handlers"] == before["handlers"] and after_tf["level"] == before["level"],
+                  "gc": after_tf["gc"] == before["gc"],
                   "changed_env": sorted(k for k in set(after_tf["env"]) | set(before["env"]) if after_tf["env"].get(k) != before["env"].get(k))}))
 """
 
@@ -52,6 +54,7 @@ def test_importing_reportgen_changes_nothing():
     assert set(found["changed_env"]) <= tensorflow_own - {"KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL"}, found["changed_env"]
     assert "KERAS_BACKEND" not in found["changed_env"] and "TF_CPP_MIN_LOG_LEVEL" not in found["changed_env"]
     assert found["fd2"] and found["handlers"]
+    assert found["gc"], "loading TensorFlow through reportgen changed the garbage collector (only the command may)"
 
 
 def test_build_report_from_a_model_object_and_from_a_path(tmp_path, tiny_data):
