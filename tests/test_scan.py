@@ -260,35 +260,50 @@ def test_flat_folder_has_no_labels(tmp_path):
     assert result.num_images == 5
 
 
-@pytest.mark.parametrize("pool", ["same-odd", "same-big", "overlapping", "valid-odd"])
+@pytest.mark.parametrize("pool", ["same-odd", "same-big", "overlapping", "valid-odd", "tiling", "tiling-3x2"])
 def test_layers_followed_by_max_pools_match_brute_force(tmp_path, pool):
-    """Layers followed by max-pools of every kind: positions and values as brute force finds them."""
+    """Layers followed by max-pools of every kind: positions and values as brute force finds them.
+    Where the pool tiles the map exactly and the heatmaps are smaller than the map, the pass takes
+    the map's row maxima per band of pool-height rows from the pool's output (mining._band_pools)."""
     import keras
 
     from reportgen.dataset import discover
-    from reportgen.model import trace_model
     from reportgen.engines.local import scan_dataset
+    from reportgen.engines.mining import DEFAULT_PREPROCESSING, MiningStep
+    from reportgen.model import trace_model
 
     keras.utils.set_random_seed(4)
-    pooling = {
-        "same-odd": keras.layers.MaxPooling2D(2, padding="same", name="pool"),  # 15 -> 8, last window half outside
-        "same-big": keras.layers.MaxPooling2D(6, padding="same", name="pool"),  # 15 -> 3: padding 1 before, 2 after
-        "overlapping": keras.layers.MaxPooling2D(3, strides=2, name="pool"),  # windows overlap: read directly
-        "valid-odd": keras.layers.MaxPooling2D(2, name="pool"),  # 15 -> 7 drops the last row: read directly
+    pooling, size = {
+        "same-odd": (keras.layers.MaxPooling2D(2, padding="same", name="pool"), (17, 17)),  # 15 -> 8, last window half outside
+        "same-big": (keras.layers.MaxPooling2D(6, padding="same", name="pool"), (17, 17)),  # 15 -> 3: padding 1 before, 2 after
+        "overlapping": (keras.layers.MaxPooling2D(3, strides=2, name="pool"), (17, 17)),  # windows overlap: read directly
+        "valid-odd": (keras.layers.MaxPooling2D(2, name="pool"), (17, 17)),  # 15 -> 7 drops the last row: read directly
+        "tiling": (keras.layers.MaxPooling2D(2, name="pool"), (18, 18)),  # 16 -> 8: bands of 2 rows
+        "tiling-3x2": (keras.layers.MaxPooling2D((3, 2), name="pool"), (17, 18)),  # 15 x 16 -> 5 x 8: bands of 3 rows
     }[pool]
     model = keras.Sequential(
-        [keras.Input((17, 17, 3)), keras.layers.Conv2D(6, 3, name="conv"), pooling, keras.layers.Flatten(), keras.layers.Dense(1, activation="sigmoid")]
+        [keras.Input((*size, 3)), keras.layers.Conv2D(6, 3, activation="relu", name="conv"), pooling, keras.layers.Flatten(),
+         keras.layers.Dense(1, activation="sigmoid")]
     )
+    conv = model.get_layer("conv")
+    kernel, bias = conv.get_weights()
+    kernel[..., 0], bias[0] = -abs(kernel[..., 0]) - 0.01, -1.0  # channel 0 dead: every position ties at 0
+    kernel[..., 1] = np.round(kernel[..., 1] * 4) / 4  # coarse weights on 0/1 pixels: ties within and across bands
+    conv.set_weights([kernel, bias])
     make_dataset(tmp_path / "data", {"a": 6, "b": 5})
     dataset = discover(tmp_path / "data")
     traced = trace_model(model)
-    result = scan_dataset(traced, dataset, top_k=4, batch_size=4, quiet=True)
+    side = 3 if pool.startswith("tiling") else None
+    conv_segment = MiningStep(traced, 4, [], DEFAULT_PREPROCESSING, 4, side=side).segments[0]
+    assert conv_segment.band == {"tiling": 2, "tiling-3x2": 3}.get(pool, 1)
+    result = scan_dataset(traced, dataset, top_k=4, batch_size=4, heat_side=side, quiet=True)
     expected, _, _ = _brute_force(traced, dataset, 4, 4)
     for node in traced.map_layers:
         for unit in result.units[node.name]:
             want = expected[(node.name, unit.channel)]
             assert [(e.image, e.row, e.col) for e in unit.top] == [(w[0], int(w[2]), int(w[3])) for w in want]
             np.testing.assert_array_equal([e.value for e in unit.top], np.array([w[1] for w in want], dtype=np.float32))
+    assert all((e.row, e.col) == (0, 0) for e in result.units["conv"][0].top)
 
 
 @pytest.mark.parametrize("side", [32, 3])

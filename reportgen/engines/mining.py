@@ -8,11 +8,13 @@ Only small reductions leave the graph (predictions, [batch, units] maxima, per-i
 entered some top K); activation maps never do, so memory is O(units x K), flat in the dataset's size.
 
 Positions: the first position of the maximum in row-major order (the first row holding it, then
-the first column of that row). Each map is read once per batch, for its row maxima (whose maximum is
-the map's); positions and heatmaps are then gathered for the few maps that may enter a top K (after
-the first batches, few do), segment by segment before the merge, so each map is freed early; with
-few ops per segment, as in a graph of a hundred segments the number of ops costs more (tracing,
-optimising, dispatching) than their arithmetic.
+the first column of that row). Each map is read once per batch for its row maxima (whose maximum is
+the map's) and once for its block means, or only for the means where a max-pool of the model tiles it:
+then the row maxima of each band of pool-height rows come from the pool's smaller output. Positions
+and heatmaps are then gathered for the few maps that may enter a top K (after the first batches, few
+do), segment by segment before the merge, so each map is freed early; with few ops per segment, as
+in a graph of a hundred segments the number of ops costs more (tracing, optimising, dispatching)
+than their arithmetic.
 
 Layers that rank images as an earlier layer does (model/ranking.py: BatchNormalization with
 positive scales, ReLU, ...) are not tapped nor reduced: only their per-image maxima are computed,
@@ -37,7 +39,7 @@ from reportgen.images import heat_scale, heat_shape, heat_side
 from reportgen.model import TracedModel
 from reportgen.model.load import LossSpec
 from reportgen.model.preprocess import Preprocessing, make_preprocessing
-from reportgen.model.ranking import apply_chain, ranked_as
+from reportgen.model.ranking import apply_chain, ranked_as, tiles_input
 from reportgen.model.tf import keras, tf
 
 log = logging.getLogger("reportgen")
@@ -133,6 +135,8 @@ class _Segment:
     stop: int
     scale: int  # heatmap block size
     shape: tuple[int, int]  # heatmap size
+    pool: int | None = None  # a lone layer's row maxima from a max-pool of the model: its index in the tap's extra outputs
+    band: int = 1  # rows of the map per row of those row maxima (the pool's height)
 
 
 class MiningStep:
@@ -179,10 +183,11 @@ class MiningStep:
                                             for seg in self.segments for li in seg.layers]
                                            + [np.arange(start[node.name], start[node.name] + node.channels) for node in self.derived]
                                            + [np.zeros(0, np.int64)])
+        self.pools = self._band_pools()
         if cams is not None:
-            self.tap = cam_model(traced, cams, self.layers)
-        elif self.derived:
-            self.tap = keras.Model(traced.input, traced.outputs_of(self.layers), name="reportgen_tap_reduced")
+            self.tap = cam_model(traced, cams, self.layers + self.pools)
+        elif self.derived or self.pools:
+            self.tap = keras.Model(traced.input, traced.outputs_of(self.layers + self.pools), name="reportgen_tap_reduced")
         else:
             self.tap = traced.tap
         self.batch_size = batch_size
@@ -221,6 +226,31 @@ class MiningStep:
             segments.append(_Segment(members, row, row + size, heat_scale(first.spatial, self.side), self.heat_shapes[members[0]]))
             row += size
         return segments
+
+    def _band_pools(self) -> list:
+        """Max-pools of the model that tile a lone segment's map exactly (Conv2D -> MaxPooling2D, as
+        in a classic CNN): that segment takes its row maxima from the pool's output, per band of
+        pool-height rows (the same maxima, read from a map pool-size times smaller), so the map
+        itself is read only for its block means. The first band holding the map's maximum holds its
+        first row with it. Only where the heatmaps are block means (they find NaN, which max-pools
+        skip) and the windows start at the map's first row and column (sizes multiples of the pool's)."""
+        consumers: dict[str, list] = {}
+        for node in self.traced.all_map_layers or []:
+            if len(node.inputs) == 1:
+                consumers.setdefault(node.inputs[0], []).append(node)
+        pools = []
+        for seg in self.segments:
+            if len(seg.layers) != 1 or seg.scale == 1:
+                continue
+            node = self.layers[seg.layers[0]]
+            h, w = node.spatial
+            for pool in consumers.get(node.name, []):
+                layer = self.traced.layers[pool.name]
+                if pool.channels == node.channels and tiles_input(layer, (h, w)) and h % layer.pool_size[0] == 0 and w % layer.pool_size[1] == 0:
+                    seg.pool, seg.band = len(pools), int(layer.pool_size[0])
+                    pools.append(pool)
+                    break
+        return pools
 
     def is_current(self) -> bool:
         """Whether the layers that rank alike are still those it was made for (weights change in training)."""
@@ -271,8 +301,9 @@ class MiningStep:
             tf.zeros([units, self.k], tf.int32),
         )
 
-    def reduce(self, maps):
-        """Per segment: its map (layers side by side), row maxima [batch, h, channels], maximum
+    def reduce(self, maps, pooled=()):
+        """Per segment: its map (layers side by side), row maxima [batch, h / band, channels] (of
+        each band of `band` rows: _band_pools; pooled: the tap's outputs for them), maximum
         [batch, channels], block means (block_mean) and which maps hold NaN [batch, channels] (None:
         the maximum is NaN then). Positions and heatmaps come later, for the maps that may enter a
         top K only.
@@ -287,14 +318,20 @@ class MiningStep:
         for seg in self.segments:
             a = maps[seg.layers[0]] if len(seg.layers) == 1 else tf.concat([maps[li] for li in seg.layers], axis=shared(3))
             b, h, w, c = a.shape
-            if seg.scale > 1:
+            if seg.pool is not None:
+                p = pooled[seg.pool]
+                row_max = tf.reshape(tf.nn.max_pool2d(p, (1, p.shape[2]), (1, p.shape[2]), "VALID"), shared([b, p.shape[1], c]))
+            elif seg.scale > 1:
                 row_max = tf.reshape(tf.nn.max_pool2d(a, (1, w), (1, w), "VALID"), shared([b, h, c]))
+            else:
+                row_max = tf.reduce_max(a, axis=shared(2))
+            if seg.scale > 1:
                 means = block_mean(a, seg.scale)
                 # NaN where the map holds NaN (or both infinities): the mean of its block means (a
                 # pooling op; a reduction over the middle axes costs more than twice as much)
                 nan = tf.math.is_nan(tf.reshape(tf.nn.avg_pool2d(means, seg.shape, seg.shape, "VALID"), shared([b, c])))
             else:
-                row_max, means, nan = tf.reduce_max(a, axis=shared(2)), a, None
+                means, nan = a, None
             found.append((a, row_max, tf.reduce_max(row_max, axis=shared(1)), means, nan))
         return found
 
@@ -340,9 +377,12 @@ class MiningStep:
             def gather(values, base, size):  # [m, size]: `size` values c apart from each base, in the flat tensor
                 return tf.gather(tf.reshape(values, shared([-1])), base + tf.constant(np.arange(size, dtype=np.int64)[None, :] * c), axis=shared(0))
 
-            row = tf.argmax(gather(row_max, image * (h * c) + channel, h), axis=shared(1))
-            col = tf.argmax(gather(a, image * (h * w * c) + tf.reshape(row, shared([-1, 1])) * (w * c) + channel, w), axis=shared(1))
-            positions.append(row * w + col)
+            # the first band (row) holding the maximum, then the first place of it in that band's rows
+            bands = row_max.shape[1]
+            band = tf.argmax(gather(row_max, image * (bands * c) + channel, bands), axis=shared(1))
+            first = band * seg.band * w + tf.argmax(gather(a, image * (h * w * c) + tf.reshape(band, shared([-1, 1])) * (seg.band * w * c) + channel,
+                                                           seg.band * w), axis=shared(1))
+            positions.append(first)
             keys.append(tf.reshape((channel + seg.start) * self.batch_size + image, shared([-1])))
             small = gather(means, image * (hs * ws * c) + channel, hs * ws)
             score = tf.maximum(tf.reshape(tf.gather_nd(unit_top, where), shared([-1, 1])), shared(0, top.dtype))
@@ -377,7 +417,8 @@ class MiningStep:
         preds, maps = outs[0], outs[1:]
         # a mixed-precision model's maps are float16: its units' scores are kept as float32 (exactly)
         maps = [m if m.dtype == tf.float32 else tf.cast(m, tf.float32) for m in maps]
-        candidates, batch_max = self._candidates(self.reduce(maps), vals[: self.units, self.k - 1], (ids < 0)[:, None])  # batch_max: [batch, units], segment order
+        maps, pooled = maps[: len(self.layers)], maps[len(self.layers) :]
+        candidates, batch_max = self._candidates(self.reduce(maps, pooled), vals[: self.units, self.k - 1], (ids < 0)[:, None])  # batch_max: [batch, units], segment order
         unit_max = tf.transpose(batch_max)  # [units, batch]
         values = [unit_max]
         places = [tf.zeros(tf.shape(unit_max), tf.int32)]  # units' positions: set below, for the entries that enter
