@@ -62,18 +62,35 @@ def class_scores(logits, classes, binary: bool):
     return tf.gather(logits, classes, batch_dims=1)
 
 
-def grad_cams(scores, maps, tape=None):
-    """[b, 2, h, w]: the Grad-CAMs for scores[0] and scores[1] (each a sum over the batch of one
-    class score per image: images are independent, so the gradient of the sum keeps them apart).
+def cam_scores(logits, classes, binary: bool) -> list:
+    """What grad_cams differentiates, computed where a tape records it: the sum over the batch of
+    each image's score for classes[:, 0] and for classes[:, 1] (images are independent, so the
+    gradient of a sum keeps them apart). One sigmoid output: the sum of z alone, as the two scores
+    are z and -z per image."""
+    if binary:
+        return [tf.reduce_sum(logits[:, 0])]
+    return [tf.reduce_sum(class_scores(logits, classes[:, j], binary)) for j in range(2)]
+
+
+def grad_cams(scores, classes, maps, tape=None):
+    """[b, 2, h, w]: each image's Grad-CAMs for classes[:, 0] and classes[:, 1], from cam_scores. For
+    one sigmoid output, one gradient (of z) gives both classes' weights, negated for class 0
+    (exactly: negation commutes with every rounding of the backward pass): half the backward pass.
 
     In a graph, tf.gradients adds the backward ops between the map and the scores only; a tape
     (needed when eager) would add them for the whole recorded forward, doubling the ops to trace."""
-    out = []
-    for score in scores:
+
+    def weights(score):  # [b, k]
         grads = tape.gradient(score, maps) if tape is not None else tf.gradients(score, maps)[0]
-        weights = tf.reduce_mean(grads, axis=[1, 2])  # [b, k]
-        out.append(tf.nn.relu(tf.einsum("bhwk,bk->bhw", maps, weights)))
-    return tf.stack(out, axis=1)
+        return tf.reduce_mean(grads, axis=[1, 2])
+
+    if len(scores) == 1:
+        w = weights(scores[0])
+        signs = tf.where(classes == 1, tf.constant(1, w.dtype), tf.constant(-1, w.dtype))  # [b, 2]
+        per_class = [w * signs[:, j : j + 1] for j in range(2)]
+    else:
+        per_class = [weights(score) for score in scores]
+    return tf.stack([tf.nn.relu(tf.einsum("bhwk,bk->bhw", maps, w)) for w in per_class], axis=1)
 
 
 def cam_model(traced: TracedModel, request: CamRequest, layers: list | None = None):
@@ -96,8 +113,8 @@ def run_with_cams(model, x, labels, request: CamRequest):
         else:
             predicted = tf.argmax(preds, axis=1, output_type=tf.int32)
         classes = tf.stack([predicted, tf.where(labels >= 0, labels, predicted)], axis=1)
-        scores = [tf.reduce_sum(class_scores(logits, classes[:, j], request.binary)) for j in range(2)]
-    cams = grad_cams(scores, maps, tape if eager else None)
+        scores = cam_scores(logits, classes, request.binary)
+    cams = grad_cams(scores, classes, maps, tape if eager else None)
     return outs[:-2], cams, classes
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reportgen.dataset import Dataset, Skipped, iter_batches
-from reportgen.engines.cams import class_scores, grad_cams
+from reportgen.engines.cams import cam_scores, class_scores, grad_cams
 from reportgen.engines.local import _progress
 from reportgen.engines.mining import _input, _merge_top_k, index_kind, pixel_dtype
 from reportgen.errors import between_steps, check_interruption
@@ -47,8 +47,7 @@ class CamStep:
     def _cams(self, pixels, classes):
         x = _input(pixels, self.preprocessing)
         logits, maps = self.view(x, training=False)
-        scores = [tf.reduce_sum(class_scores(logits, classes[:, j], self.binary)) for j in range(2)]
-        return grad_cams(scores, maps)  # [b, 2, h, w]
+        return grad_cams(cam_scores(logits, classes, self.binary), classes, maps)  # [b, 2, h, w]
 
     def __call__(self, pixels: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """float32 [n, 2, h, w]: the cams for classes[:, 0] and classes[:, 1] (give the same class twice for one)."""
