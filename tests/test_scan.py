@@ -94,7 +94,10 @@ def test_top_k_matches_brute_force_with_ties(tmp_path, batch_size, heat_side):
                 assert images.index(original) < images.index(copy)
 
 
-def test_probe_matches_brute_force(tmp_path):
+@pytest.mark.parametrize("layer, row, col, channel, heat_side", [("c2", 2, 1, 3, None), ("p1", 3, 2, 1, 3)])
+def test_probe_matches_brute_force(tmp_path, layer, row, col, channel, heat_side):
+    """p1 with heat side 3: the probe keeps the pool reduced on its own while c1 takes its band
+    row maxima from it (the pool is then both a reduced map and c1's source)."""
     from reportgen.dataset import discover
     from reportgen.model import trace_model
     from reportgen.engines.local import scan_dataset
@@ -104,15 +107,20 @@ def test_probe_matches_brute_force(tmp_path):
     make_dataset(tmp_path / "data", {"a": 7, "b": 6})
     dataset = discover(tmp_path / "data")
     traced = trace_model(model)
-    probe = Probe("c2", 2, 1, 3)
-    result = scan_dataset(traced, dataset, top_k=4, batch_size=5, probes=[probe], quiet=True)
-    _, per_layer, ids = _brute_force(traced, dataset, 5, 4)
-    values = np.concatenate(per_layer["c2"])[:, 2, 1, 3]
+    probe = Probe(layer, row, col, channel)
+    result = scan_dataset(traced, dataset, top_k=4, batch_size=5, probes=[probe], heat_side=heat_side, quiet=True)
+    expected, per_layer, ids = _brute_force(traced, dataset, 5, 4)
+    values = np.concatenate(per_layer[layer])[:, row, col, channel]
     order = sorted(range(len(ids)), key=lambda i: (-values[i], ids[i]))[:4]
     got = result.probes[0].top
     assert [e.image for e in got] == [ids[i] for i in order]
     np.testing.assert_array_equal([e.value for e in got], values[order])
-    assert all((e.row, e.col) == (2, 1) for e in got)
+    assert all((e.row, e.col) == (row, col) for e in got)
+    for node in traced.map_layers:
+        for unit in result.units[node.name]:
+            want = expected[(node.name, unit.channel)]
+            assert [(e.image, e.row, e.col) for e in unit.top] == [(w[0], int(w[2]), int(w[3])) for w in want]
+            np.testing.assert_array_equal([e.value for e in unit.top], np.array([w[1] for w in want], dtype=np.float32))
 
 
 def test_metrics_match_hand_computation_and_keras_evaluate(tmp_path):
