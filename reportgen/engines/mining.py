@@ -458,15 +458,16 @@ class HeatTable:
             lo, hi = np.searchsorted(rows, [seg.start, seg.stop])
             if lo == hi:
                 continue
-            local = rows[lo:hi] - seg.start
+            base = (rows[lo:hi] - seg.start) * self.k  # each changed row's first entry in the flat table
             source = picked[lo:hi]
-            kept = source < self.k
-            old = table[local]
-            out = np.empty_like(old)
-            r, s = np.nonzero(kept)
-            out[r, s] = old[r, source[r, s]]
-            out[~kept] = new
-            table[local] = out
+            flat = table.reshape(-1, table.shape[2])
+            # only the entries that moved or are new are written (not whole rows): the kept ones
+            # before a row's first new entry stay where they are. The moved ones are all read
+            # (a copy) before any is written, since a slot can be both.
+            r, s = np.nonzero((source < self.k) & (source != np.arange(self.k)))
+            flat[base[r] + s] = flat[base[r] + source[r, s]]
+            r, s = np.nonzero(source >= self.k)
+            flat[base[r] + s] = new
 
     def flat(self) -> tuple[np.ndarray, np.ndarray]:
         """Every unit's heatmaps, unit after unit in layer order ([k, size] each; empty slots are
