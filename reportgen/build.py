@@ -246,14 +246,25 @@ def gather(opts: BuildOptions) -> ReportData:
     from_pass = cams is not None and not opts.partials and opts.engine != "ray" and None not in chosen_index
     if from_pass:  # the pass computes every image's class activation maps: it keeps the chosen images' too
         cams = replace(cams, keep=frozenset(chosen_index))
-    try:  # the chosen images go first: a model that cannot run at all fails here
-        scores, maps, chosen_cams = run_chosen(traced, pixels, labels, None if from_pass else cams, preprocessing)
-    except (KeyboardInterrupt, MemoryError):
-        raise
-    except Exception as exc:
-        raise model_fails(_model_name(opts), exc) from None
+    chosen_run: list = []
 
-    scan = run_pass(opts, prepared, dataset, cams)
+    def run_chosen_images() -> None:
+        try:
+            chosen_run.append(run_chosen(traced, pixels, labels, None if from_pass else cams, preprocessing))
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            raise model_fails(_model_name(opts), exc) from None
+
+    # The local pass runs the chosen images while its first step's graph is optimised (without the
+    # GIL, on one core); elsewhere they go first, where a model that cannot run at all fails.
+    local = not opts.partials and opts.engine != "ray"
+    if not local:
+        run_chosen_images()
+    scan = run_pass(opts, prepared, dataset, cams, beside_first_step=run_chosen_images if local else None)
+    if not chosen_run:
+        run_chosen_images()
+    scores, maps, chosen_cams = chosen_run[0]
     for skipped in scan.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if scan.metrics.note:
@@ -393,10 +404,11 @@ def cam_request(opts: BuildOptions, traced, dataset: Dataset):
                       cap=opts.max_gallery)
 
 
-def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams=None):
+def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams=None, beside_first_step=None):
     """The pass over the dataset, on the chosen engine: in this process, on Ray, or merged from
     the partial states of shards run elsewhere (`reportgen merge`). One result whichever runs it.
-    cams: a cams.CamRequest, for the local engine (Ray workers and shards make their own from the options)."""
+    cams: a cams.CamRequest, and beside_first_step (local.mine), for the local engine (Ray workers
+    and shards make their own requests from the options)."""
     from reportgen.engines.partial import finish
 
     traced = prepared.traced
@@ -412,7 +424,7 @@ def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams
         from reportgen.engines.local import scan_dataset
 
         return scan_dataset(traced, dataset, top_k=opts.top_k, batch_size=prepared.batch_size, preprocessing=prepared.preprocessing,
-                            probes=prepared.probes, quiet=opts.quiet, cams=cams)
+                            probes=prepared.probes, quiet=opts.quiet, cams=cams, beside_first_step=beside_first_step)
     if partial.num_images == 0:
         first = partial.skipped[0][1] if partial.skipped else None
         raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read"

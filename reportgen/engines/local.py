@@ -49,15 +49,16 @@ def scan_dataset(
     miner: MiningStep | None = None,
     thumbnails: dict[int, Thumbnail] | None = None,
     cams: CamRequest | None = None,
+    beside_first_step=None,
 ) -> ScanResult:
     """The one pass over the dataset: metrics, histograms, every unit's top K, heatmaps and thumbnails.
 
     decoded: already decoded batches (dataset.Batch) to use instead of reading the files (the
     training callback keeps its probe images in memory); miner: a MiningStep to reuse (its graph is
     traced once); thumbnails: every image's thumbnail, already encoded (the pass then encodes none);
-    cams: the Grad-CAMs to find for the pages of mistakes (cams.py)."""
+    cams: the Grad-CAMs to find for the pages of mistakes (cams.py); beside_first_step: see mine."""
     partial = mine(traced, dataset, top_k=top_k, batch_size=batch_size, preprocessing=preprocessing, probes=probes, heat_side=heat_side,
-                   quiet=quiet, decoded=decoded, miner=miner, thumbnails=thumbnails, cams=cams)
+                   quiet=quiet, decoded=decoded, miner=miner, thumbnails=thumbnails, cams=cams, beside_first_step=beside_first_step)
     if partial.num_images == 0:
         first = partial.skipped[0][1]
         raise UserError(f"{dataset.root}: none of its {len(dataset.records)} image files could be read ({first.path}: {first.reason}, ...)")
@@ -81,12 +82,16 @@ def mine(
     decode_threads: int | None = None,
     thumbnails: dict[int, Thumbnail] | None = None,
     cams: CamRequest | None = None,
+    beside_first_step=None,
 ) -> PartialScan:
     """A pass over `records` (default: all the dataset's) as a mergeable summary (partial.py): the
     local engine passes over everything, a shard or a Ray task over a part, and the parts merge
     into exactly the one pass's result. Images are named by their index in the whole dataset.
     cams: also each image's Grad-CAMs, kept for the images some gallery of mistakes may show
-    (ignored when the model's output is not scored against the dataset's classes)."""
+    (ignored when the model's output is not scored against the dataset's classes).
+    beside_first_step: a function the helper thread runs while the first step's graph is optimised
+    (without the GIL, on one core), before that step's statistics; an exception it raises stops
+    the pass after that step."""
     probes = probes or []
     preprocessing = preprocessing or DEFAULT_PREPROCESSING
     records = dataset.records if records is None else records
@@ -147,11 +152,12 @@ def mine(
     seen = batches = 0
     size = batch_size  # halved on an out-of-memory error, for the rest of the pass
     started = False  # the first step ran: a model TensorFlow cannot run in a graph fails there
+    beside = None  # beside_first_step, submitted
 
     def run(pixels, ids, labels):
         """One step; on an out-of-memory error, a step half the size (traced anew) over the same images,
         in the same order, so the result is the one a smaller batch from the start gives."""
-        nonlocal miner, size, state, started
+        nonlocal miner, size, state, started, beside
         while True:
             n = len(ids)
             if n < size:  # pad a short batch: the step keeps one shape and is traced once
@@ -159,12 +165,15 @@ def mine(
                 ids = np.concatenate([ids, np.full(size - n, -1, ids.dtype)])
                 labels = np.concatenate([labels, np.full(size - n, -1, labels.dtype)])
             try:
-                if not started and miner.derived_maxima is not None:
+                if not started and (miner.derived_maxima is not None or (beside_first_step is not None and beside is None)):
                     # the step traced first (Python: the GIL), its first run (optimising and running
                     # the graph, without the GIL) leaves the helper thread time to trace the derived
-                    # layers' maxima meanwhile
+                    # layers' maxima and run beside_first_step meanwhile
                     miner.trace()
-                    stats.submit(miner.derived_maxima.get_concrete_function)
+                    if miner.derived_maxima is not None:
+                        stats.submit(miner.derived_maxima.get_concrete_function)
+                    if beside_first_step is not None and beside is None:
+                        beside = stats.submit(beside_first_step)
                 out = miner.step(tf.constant(pixels), tf.constant(ids, tf.int32), tf.constant(labels, tf.int32), state)
             except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
                 if size == 1:
@@ -196,6 +205,9 @@ def mine(
                 for (preds, maxima, losses, entered, fresh, found_cams, _), n in run(part_pixels, part_ids, part_labels):
                     if pending is not None:
                         pending.result()
+                    if beside is not None:  # done by now, or nearly: its failure stops the pass here
+                        beside.result()
+                        beside = None
                     pending = stats.submit(update_stats, miner, preds[:n], maxima[:n], losses[:n], entered, fresh, found_cams,
                                            part_ids[done : done + n], part_labels[done : done + n], part_pixels[done : done + n])
                     done += n
