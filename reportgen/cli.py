@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--image", action="append", default=[], type=Path, metavar="PATH", help="an image to draw through every layer (repeatable); default: one from the dataset, drawn with --seed")
     b.add_argument("--seed", type=_int, default=0, help="seed for the image drawn from the dataset (default 0)")
     b.add_argument("--batch-size", type=_positive_int, default=None,
-                   help="images per batch (default 64, fewer for a model whose feature maps take more than 1.2 GB per batch)")
+                   help="images per batch (default 64, fewer for a model whose feature maps take more than 2.4 GB per batch)")
     b.add_argument("--max-channels", type=_positive_int, default=None, metavar="N", help="draw only the first N channels of each layer's feature maps")
     b.add_argument("--top-k", type=_positive_int, default=16, metavar="K", help="top images kept per unit (default 16)")
     b.add_argument("--layers", action="append", default=[], metavar="PATTERN",

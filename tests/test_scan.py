@@ -426,9 +426,9 @@ def test_default_batch_size_bounds_the_feature_maps_of_a_batch():
     small = traced((148, 148, 32), (74, 74, 32))  # 4.2 MB of float32 maps per image
     assert pass_batch_size(None, small) == 64
     mid = traced(*[(224, 224, 64)] * 5)  # 64.2 MB per image
-    assert pass_batch_size(None, mid) == 18  # 18 x 64.2 MB <= 1.2 GB < 19 x
+    assert pass_batch_size(None, mid) == 37  # 37 x 64.2 MB <= 2.4 GB < 38 x
     huge = traced((1024, 1024, 512))  # 2.1 GB per image: one at a time
     assert pass_batch_size(None, huge) == 1
     assert pass_batch_size(100, huge) == 100
     resnet_like = traced(*[(56, 56, 256)] * 36)  # 115.6 MB per image
-    assert pass_batch_size(None, resnet_like) == 10  # 10 x 115.6 MB <= 1.2 GB < 11 x
+    assert pass_batch_size(None, resnet_like) == 20  # 20 x 115.6 MB <= 2.4 GB < 21 x
