@@ -58,9 +58,12 @@ def unit_items(lines, sheet_number: dict[str, int]) -> markupsafe.Markup:
     in the template: a big model's layer has thousands of units, and Jinja's cost per expression made
     these lists most of the site's time. Its ids and #unit-N links are declared by Links.units."""
     items = []
+    thumbs: dict[int, str] = {}  # each tile's span, made once: units share their best images
     for u in lines:
-        thumb = f'<span class="thumb s{sheet_number[u.best.sheet]}" style="background-position:{u.best.x}% {u.best.y}%"></span>' if u.best else ""
-        shown = '<span class="dead-tag">dead</span>' if u.dead else markupsafe.escape(_num(u.max_value, 3))
+        thumb = thumbs.get(id(u.best)) if u.best else ""
+        if thumb is None:
+            thumb = thumbs[id(u.best)] = f'<span class="thumb s{sheet_number[u.best.sheet]}" style="background-position:{u.best.x}% {u.best.y}%"></span>'
+        shown = '<span class="dead-tag">dead</span>' if u.dead else _num(u.max_value, 3)  # a number: nothing to escape
         items.append(f'<li class="unit{" dead" if u.dead else ""}" id="unit-{u.channel}"><a href="#unit-{u.channel}"><span class="frame">{thumb}</span>'
                      f'<b>{u.channel}</b> {shown}</a></li>\n')
     return markupsafe.Markup("".join(items))
