@@ -177,6 +177,13 @@ _TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def load_pixels(path: Path, spec: InputSpec, resizer: Resizer | None = None) -> np.ndarray:
     """Decode one image file to [height, width, channels], as Keras's loaders would. Raises BadImage.
 
@@ -189,12 +196,7 @@ def load_pixels(path: Path, spec: InputSpec, resizer: Resizer | None = None) -> 
     if spec.interpolation != "nearest" and resizer is None:
         raise ValueError(f"interpolation {spec.interpolation!r} needs a resizer")
     try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise BadImage(f"cannot read the file ({exc.strerror or exc})") from None
-    if size == 0:
-        raise BadImage("empty file (0 bytes)")
-    try:
+        # no stat first: on some file systems a metadata call costs as much as a small image's decoding
         with Image.open(path) as img:
             w, h = img.size
             if w * h > MAX_PIXELS:
@@ -204,7 +206,7 @@ def load_pixels(path: Path, spec: InputSpec, resizer: Resizer | None = None) -> 
                 if decoded is not None:
                     return resizer.resize(decoded, (spec.height, spec.width))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # a copy of every image otherwise, rotated or not
             if img.mode in _WIDE_MODES:
                 img = _to_8bit(img)
             img = img.convert("RGB" if spec.channels == 3 else "L")
@@ -214,12 +216,16 @@ def load_pixels(path: Path, spec: InputSpec, resizer: Resizer | None = None) -> 
     except BadImage:
         raise
     except UnidentifiedImageError:
-        raise BadImage("not an image Pillow can read") from None
+        raise BadImage("empty file (0 bytes)" if _is_empty(path) else "not an image Pillow can read") from None
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found.group(1)):,} pixels" if found else "its size"
         raise BadImage(f"{size} is more than the {MAX_PIXELS:,}-pixel limit") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except OSError as exc:
+        if exc.errno is not None:  # opening it failed (missing, a dangling link, no permission), not decoding
+            raise BadImage(f"cannot read the file ({exc.strerror or exc})") from None
+        raise BadImage(f"corrupt or truncated image ({exc})") from None
+    except (SyntaxError, ValueError, EOFError) as exc:
         raise BadImage(f"corrupt or truncated image ({exc})") from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
