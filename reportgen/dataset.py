@@ -209,7 +209,9 @@ def load_pixels(path: Path, spec: InputSpec, resizer: Resizer | None = None) -> 
             ImageOps.exif_transpose(img, in_place=True)  # a copy of every image otherwise, rotated or not
             if img.mode in _WIDE_MODES:
                 img = _to_8bit(img)
-            img = img.convert("RGB" if spec.channels == 3 else "L")
+            mode = "RGB" if spec.channels == 3 else "L"
+            if img.mode != mode:  # convert() to its own mode is a copy
+                img = img.convert(mode)
             if resizer is None and img.size != (spec.width, spec.height):
                 img = img.resize((spec.width, spec.height), Image.Resampling.NEAREST)
             arr = np.asarray(img, dtype=np.uint8)
