@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 
@@ -407,7 +408,7 @@ def cam_request(opts: BuildOptions, traced, dataset: Dataset):
                       cap=opts.max_gallery)
 
 
-def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams=None, beside_first_step=None):
+def run_pass(opts: BuildOptions, prepared: PreparedModel, dataset: Dataset, cams=None, beside_first_step: Callable[[], None] | None = None):
     """The pass over the dataset, on the chosen engine: in this process, on Ray, or merged from
     the partial states of shards run elsewhere (`reportgen merge`). One result whichever runs it.
     cams: a cams.CamRequest, and beside_first_step (local.mine), for the local engine (Ray workers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -49,7 +50,7 @@ def scan_dataset(
     miner: MiningStep | None = None,
     thumbnails: dict[int, Thumbnail] | None = None,
     cams: CamRequest | None = None,
-    beside_first_step=None,
+    beside_first_step: Callable[[], None] | None = None,
 ) -> ScanResult:
     """The one pass over the dataset: metrics, histograms, every unit's top K, heatmaps and thumbnails.
 
@@ -82,7 +83,7 @@ def mine(
     decode_threads: int | None = None,
     thumbnails: dict[int, Thumbnail] | None = None,
     cams: CamRequest | None = None,
-    beside_first_step=None,
+    beside_first_step: Callable[[], None] | None = None,
 ) -> PartialScan:
     """A pass over `records` (default: all the dataset's) as a mergeable summary (partial.py): the
     local engine passes over everything, a shard or a Ray task over a part, and the parts merge
