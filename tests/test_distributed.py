@@ -315,7 +315,7 @@ def ray_head():
         assert head.poll() is None, "ray start --head exited"
         time.sleep(0.5)
     try:
-        yield address, env
+        yield address, env, head.pid
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -325,14 +325,17 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _mining_workers() -> dict[int, str]:
-    """pid -> title of every live process that is a reportgen mining actor (Ray names them after the class)."""
+def _mining_workers(session: int) -> dict[int, str]:
+    """pid -> title of every live process of the session (one Ray cluster: other tests may run their
+    own beside this one) that is a reportgen mining actor (Ray names them after the class)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if os.getsid(int(entry.name)) != session:
+                continue
         except OSError:
             continue
         if "MiningWorker" in cmd and cmd.startswith("ray::"):
@@ -346,7 +349,7 @@ def test_ray_address_and_a_worker_killed_mid_pass(case, tmp_path, ray_head):
     and retries its chunk, and the site is still the local one, byte for byte."""
     model, data, local = case
     out = tmp_path / "ray"
-    address, env = ray_head
+    address, env, session = ray_head
     cmd = [sys.executable, "-m", "reportgen", "build", "--model", str(model), "--data", str(data), "--out", str(out), "--engine", "ray",
            "--ray-address", address, "--workers", "2", "--ray-chunk", "2", *[a for a in COMMON if a != "-q"]]
     proc = subprocess.Popen(cmd, cwd=local.parent, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
@@ -362,7 +365,7 @@ def test_ray_address_and_a_worker_killed_mid_pass(case, tmp_path, ray_head):
             buffer += chunk
             text += chunk
             done = [int(m) for m in re.findall(rb"scanning dataset \(Ray\):\s+\d+%\|[^|]*\|\s+(\d+)/", buffer)]
-            workers = _mining_workers()
+            workers = _mining_workers(session)
             seen.update(workers)
             if killed is None and done and 0 < done[-1] < 30 and workers:
                 killed = min(workers)
@@ -370,10 +373,19 @@ def test_ray_address_and_a_worker_killed_mid_pass(case, tmp_path, ray_head):
 
     reader = threading.Thread(target=watch)
     reader.start()
-    assert proc.wait(300) == 0, text.decode(errors="replace")[-2000:]
+    try:
+        code = proc.wait(300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = "still running after 300 s"
     reader.join()
-    assert killed is not None, "the pass ended before a worker could be killed mid-pass"
-    _same_tree(local, out)
+    log = f"killed {killed} of the actors seen {sorted(seen)}; the build's stderr ends:\n" + text.decode(errors="replace")[-2000:]
+    assert code == 0, f"exit {code}; {log}"
+    assert killed is not None, f"the pass ended before a worker could be killed mid-pass; {log}"
+    try:
+        _same_tree(local, out)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{log}") from None
 
 
 def test_ray_engine_needs_a_model_file(case, tmp_path):
