@@ -27,13 +27,19 @@ import sys
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from fake_report import tiny_report
+from reportgen.site import worker
 from reportgen.site.pages import render_site
 from reportgen.writer import SiteFolder
 
+started = []
+if sys.argv[3] == "second-process":  # the layer data files made by a second process, as for a big network
+    worker.WORKER_ENTRIES = 0
+    popen = worker.subprocess.Popen
+    worker.subprocess.Popen = lambda *a, **k: started.append(popen(*a, **k)) or started[-1]
 with SiteFolder(Path(sys.argv[1])) as site:
     render_site(tiny_report(), site)
     site.commit()
-print("tensorflow" in sys.modules, "keras" in sys.modules)
+print("tensorflow" in sys.modules, "keras" in sys.modules, [p.returncode for p in started])
 """
 
 
@@ -41,11 +47,16 @@ def read_tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def render(out: Path, how: str) -> str:
+    """Render tiny_report into out in a fresh interpreter; its printout: TensorFlow imported, Keras imported, second processes' exit codes."""
+    return subprocess.run([sys.executable, "-c", RENDER, str(out), str(Path(__file__).parent), how], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gold") / "site"
-    result = subprocess.run([sys.executable, "-c", RENDER, str(out), str(Path(__file__).parent)], capture_output=True, text=True, check=True)
-    assert result.stdout.split() == ["False", "False"], "the render stage imported TensorFlow or Keras"
+    assert render(out, "here") == "False False []", "the render stage imported TensorFlow or Keras"
     return out
 
 
@@ -58,6 +69,13 @@ def test_render_matches_the_expected_files(rendered):
     assert sorted(got) == sorted(expected), "files differ: refresh with REPORTGEN_UPDATE_GOLD=1 (see this file's docstring)"
     changed = [name for name in got if got[name] != expected[name]]
     assert not changed, f"changed files: {changed} (refresh with REPORTGEN_UPDATE_GOLD=1 and review the diff)"
+
+
+def test_layer_files_from_a_second_process_are_the_same(rendered, tmp_path):
+    """A big network's layer data files are made by a second Python process (site/worker.py): the
+    site is byte for byte the one made in one process, and that process ended by itself (exit 0)."""
+    assert render(tmp_path / "site", "second-process") == "False False [0]"
+    assert read_tree(tmp_path / "site") == read_tree(rendered)
 
 
 def test_expected_site_links_and_schema(rendered):
@@ -94,3 +112,58 @@ def test_link_check_finds_broken_links(rendered, tmp_path):
     del damaged[next(name for name in files if name.startswith("heat/"))]
     problems = broken_links(damaged)
     assert any("missing.html" in p for p in problems) and any("heat/" in p for p in problems)
+
+
+def test_layer_files_the_second_process_does_not_deliver_are_made_here():
+    """Whatever the second process does not send back (killed mid-way here; or a job it fails on)
+    is made in this process: every file is there, with the bytes data.layer_file makes."""
+    import time
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    from fake_report import tiny_report
+    from reportgen.site.data import layer_file
+    from reportgen.site.worker import LayerFiles
+
+    @dataclass
+    class Relevance:  # the fields of engines.explain.LayerRelevance (whose module imports TensorFlow)
+        values: np.ndarray
+        images: np.ndarray
+        rows: np.ndarray
+        cols: np.ndarray
+        by_class: np.ndarray
+
+    data = tiny_report()
+    jobs = {}
+    for copy in range(6):
+        for node in [n for n in data.info.nodes if n.is_map]:
+            units = data.scan.units[node.name]
+            c, k = units.values.shape
+            relevance = Relevance(units.values[:, ::-1].copy(), units.images, units.rows, units.cols, np.arange(c * 2, dtype=np.float64).reshape(c, 2))
+            jobs[f"data/{node.name}-{copy}.js"] = dict(node=node, units=units, rf=data.fields[node.name],
+                                                      heat={"shape": [2, 2], "atlases": ["heat/a.png"], "tiles": [[0, ch, c] for ch in range(c)]},
+                                                      input_hw=(8, 8), top_k=k, relevance=relevance if copy % 2 else None, ranked_as=None)
+    expected = {key: layer_file(**kwargs) for key, kwargs in jobs.items()}
+    keys = sorted(jobs, key=lambda key: jobs[key]["relevance"] is None)  # the first ones with relevance
+
+    files = LayerFiles(0, use_worker=True)
+    got = {}
+    for key in keys[:2]:
+        files.submit(key, **jobs[key])
+    deadline = time.monotonic() + 60
+    while len(got) < 2 and time.monotonic() < deadline:  # the first two come back from the second process
+        got.update(files.ready())
+        time.sleep(0.01)
+    assert sorted(got) == sorted(keys[:2])
+    files._proc.kill()
+    for key in keys[2:]:
+        files.submit(key, **jobs[key])
+    got.update(files.finish())
+    assert got == expected
+
+    with pytest.raises(AttributeError):  # a job it cannot make fails here, with this process's error
+        files = LayerFiles(0, use_worker=True)
+        files.submit("data/bad.js", **dict(jobs[keys[0]], units=None))
+        files.finish()
+    files.close()

@@ -25,6 +25,7 @@ from reportgen.site.assets import HeatAtlases, drawn_ahead, grid_channels, write
 from reportgen.site.links import Links
 from reportgen.site.names import cell_page, class_page, content_path, layer_data, layer_page, probe_page, shape_text, slug, unit_address
 from reportgen.site.views import IndexRow, LayerView, Pattern, cam_cards, cards, grid_view, group_rows, unit_lines
+from reportgen.site.worker import LayerFiles
 
 log = logging.getLogger("reportgen")
 
@@ -175,12 +176,18 @@ class Renderer:
         report_layers = []
         shown = {node.name: grid_channels(node, data.max_channels) for node in self.map_layers}
         jobs = ((img.maps[node.name], shown[node.name]) for node in self.map_layers for img in data.chosen)
-        with contextlib.closing(drawn_ahead(jobs)) as grids:  # closing: its threads end here, also on an error
+        layer_files = LayerFiles(sum(data.scan.units[node.name].images.size for node in self.map_layers))
+        # closing: their threads (and second process) end here, also on an error
+        with contextlib.closing(drawn_ahead(jobs)) as grids, contextlib.closing(layer_files):
             for position, node in enumerate(self.map_layers):
-                view, sparsity = self.layer(position, node, atlases, chosen, [next(grids) for _ in data.chosen])
+                view, sparsity = self.layer(position, node, atlases, chosen, [next(grids) for _ in data.chosen], layer_files)
                 units = data.scan.units[node.name]
                 rows[node.name] = IndexRow(node, view.page, units.channels, int(units.dead.sum()), sparsity[0] if sparsity else None, view.rf)
                 report_layers.append(site_data.layer_row(node, units, view.rf, sparsity, data.scan.ranked_as.get(node.name)))
+                for path, content in layer_files.ready():
+                    self.site.write(path, content)
+            for path, content in layer_files.finish():
+                self.site.write(path, content)
         probes = [self.probe(p) for p in data.scan.probes]
         shown_errors = []
         if explained:
@@ -340,8 +347,10 @@ class Renderer:
             out[k] = rows
         return out
 
-    def layer(self, position: int, node, atlases: HeatAtlases, chosen: list[dict], drawn: list) -> tuple[LayerView, list[float]]:
-        """drawn: the layer's feature grid of each chosen image (assets.DrawnGrid)."""
+    def layer(self, position: int, node, atlases: HeatAtlases, chosen: list[dict], drawn: list,
+              layer_files: LayerFiles) -> tuple[LayerView, list[float]]:
+        """drawn: the layer's feature grid of each chosen image (assets.DrawnGrid); its data file is
+        submitted to layer_files (written when it is made)."""
         data = self.data
         units = data.scan.units[node.name]
         rf = data.fields[node.name]
@@ -354,8 +363,8 @@ class Renderer:
                                                               for c in range(node.channels)]}
             evolution = f"data/evolution-{slug(node.name)}.js"
             self.site.write(evolution, site_data.js_call("evolution", body))
-        self.site.write(layer_data(node.name), site_data.layer_file(node, units, rf, heat, self.input_hw, data.top_k, relevance,
-                                                                               data.scan.ranked_as.get(node.name)))
+        layer_files.submit(layer_data(node.name), node=node, units=units, rf=rf, heat=heat, input_hw=self.input_hw, top_k=data.top_k,
+                           relevance=relevance, ranked_as=data.scan.ranked_as.get(node.name))
         grids, sparsity = [], []
         for grid, view in zip(drawn, chosen):
             picture = write_feature_grid(self.site, node, grid)
