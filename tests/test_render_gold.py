@@ -27,13 +27,14 @@ import sys
 sys.path.insert(0, sys.argv[2])
 from pathlib import Path
 from fake_report import tiny_report
-from reportgen.site import worker
+from functools import partial
+from reportgen.site import pages, worker
 from reportgen.site.pages import render_site
 from reportgen.writer import SiteFolder
 
 started = []
 if sys.argv[3] == "second-process":  # the layer data files made by a second process, as for a big network
-    worker.WORKER_ENTRIES = 0
+    pages.LayerFiles = partial(worker.LayerFiles, use_worker=True)
     popen = worker.subprocess.Popen
     worker.subprocess.Popen = lambda *a, **k: started.append(popen(*a, **k)) or started[-1]
 with SiteFolder(Path(sys.argv[1])) as site:

@@ -68,6 +68,12 @@ def _portable(kwargs: dict) -> dict:
     return out
 
 
+def _python_to_start() -> bool:
+    """Whether sys.executable is a Python interpreter to start (not a frozen app, or an application
+    embedding Python, which `-c` could start as itself)."""
+    return not getattr(sys, "frozen", False) and Path(sys.executable or "").name.lower().startswith("python")
+
+
 class LayerFiles:
     """Layer data files keyed by their site path: submit() each, take the finished ones with ready()
     as the pages render, and the rest with finish(). With fewer than `WORKER_ENTRIES` entries (or one
@@ -79,8 +85,9 @@ class LayerFiles:
         self._ready: list[tuple[str, bytes]] = []
         self._pending: dict[str, dict] = {}  # key -> kwargs, until its bytes come back
         self._proc = None
+        self._broken = False  # what the second process sent could not be read: it is stopped, not waited for
         if use_worker is None:
-            use_worker = entries >= WORKER_ENTRIES and (os.cpu_count() or 1) > 1
+            use_worker = entries >= WORKER_ENTRIES and (os.cpu_count() or 1) > 1 and _python_to_start()
         if use_worker:
             self._start()
 
@@ -122,7 +129,7 @@ class LayerFiles:
                         self._pending.pop(key, None)
                         self._ready.append((key, content))
         except Exception:  # a broken stream: what did not come back is made in finish()
-            pass
+            self._broken = True
 
     def submit(self, key: str, **kwargs) -> None:
         if self._proc is not None:
@@ -146,7 +153,8 @@ class LayerFiles:
             self._jobs.put(None)
             self._threads[1].join()  # the reader: to the end of what it sends
             try:
-                self._proc.wait(timeout=10)  # it exits after the last job
+                if not self._broken:
+                    self._proc.wait(timeout=10)  # it exits after the last job
             except subprocess.TimeoutExpired:
                 pass  # stopped by close()
             self.close()
