@@ -45,9 +45,12 @@ def _receive(stream):
     return pickle.loads(data) if len(data) == size else None
 
 
-def serve() -> None:
-    """The second process: (key, arguments of layer_file) in, (key, bytes or None when it failed) out, until a None job."""
+def serve(expected: str) -> None:
+    """The second process: (key, arguments of layer_file) in, (key, bytes or None when it failed) out,
+    until a None job. expected: the parent's data.py; another copy of reportgen exits at once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it closes the pipes
+    if str(Path(sys.modules[layer_file.__module__].__file__).resolve()) != expected:
+        return
     jobs, results = sys.stdin.buffer, sys.stdout.buffer
     while (job := _receive(jobs)) is not None:
         key, kwargs = job
@@ -92,11 +95,11 @@ class LayerFiles:
             self._start()
 
     def _start(self) -> None:
-        root = str(Path(__file__).resolve().parents[2])  # the folder holding this reportgen package
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+        # this process's import path, so that it finds this copy of reportgen (which it checks)
+        expected = str(Path(sys.modules[layer_file.__module__].__file__).resolve())
+        code = f"import sys; sys.path[:] = {sys.path!r}; from reportgen.site.worker import serve; serve({expected!r})"
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", "from reportgen.site.worker import serve; serve()"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+            self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:  # no interpreter to start (an embedded Python): all made here
             self._proc = None
             return
