@@ -97,7 +97,8 @@ class LayerFiles:
     def _start(self) -> None:
         # this process's import path, so that it finds this copy of reportgen (which it checks)
         expected = str(Path(sys.modules[layer_file.__module__].__file__).resolve())
-        code = f"import sys; sys.path[:] = {sys.path!r}; from reportgen.site.worker import serve; serve({expected!r})"
+        path = [os.fspath(p) for p in sys.path if isinstance(p, (str, os.PathLike))]  # Path entries too, as text
+        code = f"import sys; sys.path[:] = {path!r}; from reportgen.site.worker import serve; serve({expected!r})"
         try:
             self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:  # no interpreter to start (an embedded Python): all made here
