@@ -182,6 +182,14 @@ def _quiet_fd2():
 
 def _load_tensorflow_quietly() -> None:
     fresh = "tensorflow" not in sys.modules  # else main() runs in a process that has it already
+    if fresh:
+        # TensorFlow's pooling allocator for this process's tensors (unless the user chose). The
+        # pass keeps every map it reduces alive beside the model's next op, so those ops cannot
+        # write in place and each takes a fresh buffer; from malloc, a buffer that large is new
+        # pages every batch (page faults cost more than the op: ResNet50's ReLUs ~5x slower than
+        # in a plain predict). Pooled: whole builds 7-8% faster, same bytes, ~3-5% more peak
+        # memory. Read once, at TensorFlow's first allocation; only the command sets it, like gc.
+        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
     try:
         with _quiet_fd2(), _garbage_collector_paused() if fresh else contextlib.nullcontext():
             import reportgen.model.tf  # noqa: F401
