@@ -222,9 +222,10 @@ def test_fields_match_gradients_without_dilation():
             L.AveragePooling2D(2, strides=(1, 2), padding="same", name="e3"),
             # H: k=4 s=1 same (1 before, 2 after); W: k=2 s=2 same, in 9 -> 5, pad_total 1 -> after only
             L.Conv2D(2, (4, 2), strides=(1, 2), padding="same", use_bias=False, name="e5"),
-            # H: in 11, out 6, pad_total 5*2 + 3 - 11 = 2 -> 1 before; W: s=1 in 5, 1 before
-            L.DepthwiseConv2D(3, strides=(2, 1), padding="same", use_bias=False, name="e7"),
-            L.Conv2D(2, 3, padding="valid", use_bias=False, name="e8"),  # 4 x 3
+            # H: in 11, out 6, pad_total 5*2 + 3 - 11 = 2 -> 1 before; W: in 5, out 3, pad_total 2*2 + 3 - 5 = 2 -> 1 before
+            # (equal strides: TensorFlow's depthwise kernel without oneDNN runs no other)
+            L.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="e7"),
+            L.Conv2D(2, (3, 1), padding="valid", use_bias=False, name="e8"),  # 4 x 3
         ]
     )
     clipped = _check_by_gradients(model, holes=False)
