@@ -483,6 +483,16 @@ def build_config(opts: BuildOptions) -> dict:
         default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else MISSING)
         if f.name in ("model", "data") or value != default:
             out[f.name] = config_value(value, opts.show_paths)
+    # Labels replace the paths they stand for (the demo's temporary folder is no part of its site,
+    # wherever the demo runs from: under the working folder it would be published as a relative path).
+    if opts.model_label and "model" in out:
+        out["model"] = opts.model_label
+    if opts.data_label and isinstance(opts.data, (str, Path)):
+        out["data"] = opts.data_label
+        root = Path(opts.data).resolve()
+        if "images" in out:
+            out["images"] = [f"{opts.data_label}/{Path(p).resolve().relative_to(root).as_posix()}" if Path(p).resolve().is_relative_to(root) else shown
+                             for p, shown in zip(opts.images, out["images"])]
     return out
 
 

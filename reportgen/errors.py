@@ -2,6 +2,7 @@
 and the interruption flag the command line's signal handlers set."""
 
 import contextlib
+import re
 
 
 class UserError(Exception):
@@ -10,8 +11,41 @@ class UserError(Exception):
 
 def model_fails(model: str, exc: Exception) -> UserError:
     """The model raised when run on an image (the chosen images, or the pass's first step): one line."""
-    message = " ".join(str(exc).split())[:300] or type(exc).__name__
-    return UserError(f"{model}: the model fails when run on an image: {message}")
+    return UserError(f"{model}: the model fails when run on an image: {tensorflow_reason(exc)}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BOLD = re.compile(r"\x1b\[1m(.*?)\x1b\[0m", re.S)
+_FRAME = re.compile(r'^(\s*)File ".*", line \d+, in ')
+_NOISE = re.compile(r"\{\{function_node [^}]*\}\}|\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\]( name: )?")
+_NODE = re.compile(r"\{\{node ([^}]+)\}\}|Detected at node (\S+)")
+
+
+def tensorflow_reason(exc: Exception, limit: int = 300) -> str:
+    """TensorFlow's reason for a failed op, on one line: its message without the Python stack it puts
+    first (a graph error starts with where each op was defined, which hid the reason past any cut), and
+    the op it failed in, without the prefix of the model reportgen wraps around the user's."""
+    text = str(exc)
+    node = next((a or b for a, b in _NODE.findall(text)), "")
+    emphasised = _BOLD.findall(text)  # Keras's wrapper of a layer's error sets the cause in bold
+    text = _ANSI.sub("", emphasised[-1] if emphasised else text)
+    kept, frame_indent = [], None
+    for line in text.splitlines():
+        frame = _FRAME.match(line)
+        if frame:
+            frame_indent = len(frame.group(1))
+            continue
+        if frame_indent is not None and line.strip() and len(line) - len(line.lstrip()) > frame_indent:
+            continue  # the source line printed under a stack frame
+        frame_indent = None
+        if line.strip() in ("Graph execution error:", "in user code:") or line.startswith("Detected at node "):
+            continue
+        kept.append(line)
+    reason = " ".join(_NOISE.sub(" ", "\n".join(kept)).split()) or type(exc).__name__
+    if node and node not in reason:
+        op = node.split("/", 1)[1] if node.startswith("reportgen_tap") and "/" in node else node
+        reason = f"{reason} (in TensorFlow op {op})"
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
 class Interruption:

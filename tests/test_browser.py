@@ -216,7 +216,12 @@ def big_site(tmp_path_factory) -> Site:
 SITES = {"demo": "demo_site", "tiny": "tiny_site", "hostile": "hostile_site"}
 
 
-@pytest.fixture(params=sorted(SITES))
+# The demo trains its model: the tests that open its site share one xdist worker (`--dist loadgroup` in
+# pyproject.toml), so that it is built once per run, not once per worker.
+ON_DEMO_WORKER = pytest.mark.xdist_group("demo")
+
+
+@pytest.fixture(params=[pytest.param(name, marks=ON_DEMO_WORKER) if name == "demo" else name for name in sorted(SITES)])
 def site(request) -> Site:
     return request.getfixturevalue(SITES[request.param])
 
@@ -738,6 +743,7 @@ def test_without_javascript_layer_pages_show_every_best_image(browser, tiny_site
         context.close()
 
 
+@ON_DEMO_WORKER
 def test_screenshots(browser, demo_site, tiny_site, wide_site, big_site):
     """Full-page screenshots of each page kind of each site, as test artifacts."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

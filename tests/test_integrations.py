@@ -182,6 +182,20 @@ def test_compare_two_reports(tmp_path, tiny_data):
     assert "fixed" in (tmp_path / "cmp" / "index.html").read_text()
 
 
+def test_labels_replace_the_paths_they_stand_for_in_the_config(tmp_path, monkeypatch):
+    """The demo labels its temporary folder: run from a folder above it (e.g. from /tmp), the config
+    used to publish the temporary folder's random name as a relative path."""
+    from reportgen.build import BuildOptions, build_config
+
+    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "reportgen-demo-x1y2"
+    opts = BuildOptions(model=work / "m.keras", data=work / "train", out=tmp_path / "site", seed=3,
+                        images=[work / "train" / "faces" / "a.png", tmp_path / "b.png"], model_label="m.keras", data_label="data/train")
+    assert build_config(opts) == {"model": "m.keras", "data": "data/train", "images": ["data/train/faces/a.png", "b.png"], "seed": 3}
+    plain = BuildOptions(model=work / "m.keras", data=work / "train", out=tmp_path / "site")
+    assert build_config(plain) == {"model": "reportgen-demo-x1y2/m.keras", "data": "reportgen-demo-x1y2/train"}  # without labels: relative paths
+
+
 def test_config_rebuilds_the_same_site_and_paths_stay_private(tmp_path, tiny_data, monkeypatch):
     from reportgen.cli import main
 

@@ -143,7 +143,25 @@ def test_model_that_tensorflow_cannot_run_is_a_clear_error(tmp_path, tiny_data, 
     code = main(["build", "--model", str(tmp_path / "evil.keras"), "--data", str(tiny_data), "--out", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and "the model fails when run on an image" in err
+    assert "is not a valid scope name" in err and 'File "' not in err  # TensorFlow's reason, not its stack
     assert not (tmp_path / "out").exists()
+
+
+def test_tensorflow_reason_comes_before_the_stack_of_a_graph_error():
+    """A graph error starts with the Python stack where each op was defined: the one-line error
+    gives TensorFlow's reason and the op instead (they used to fall past the cut)."""
+    import tensorflow as tf
+
+    from reportgen.errors import model_fails
+
+    def gather(values, indices):
+        return tf.gather(values, indices) * 2
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        tf.function(gather)(tf.range(3.0), tf.constant([9]))
+    assert str(raised.value).startswith("Graph execution error:") and 'File "' in str(raised.value)
+    message = str(model_fails("m.keras", raised.value))
+    assert message == "m.keras: the model fails when run on an image: indices[0] = 9 is not in [0, 3) (in TensorFlow op GatherV2)"
 
 
 def test_layer_name_with_characters_tensorflow_allows(tmp_path, tiny_data):
