@@ -8,6 +8,7 @@ positions and values, histograms, probes; pages; images).
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import re
@@ -317,12 +318,26 @@ def ray_head():
     try:
         yield address, env, head.pid
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        # `ray start --block` stops its cluster on SIGTERM, in ~2 s when idle but ~32 s after this test's
+        # work (SIGTERM to the whole group too): give it a few seconds, then SIGKILL what is left of the
+        # session, so that no process of this cluster outlives the test either way.
+        os.kill(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(5)
+        for pid in _session_processes(head.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        head.wait(60)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _session_processes(session: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
+                pids.append(int(entry.name))
+    return pids
 
 
 def _mining_workers(session: int) -> dict[int, str]:
